@@ -1,0 +1,39 @@
+"""fedlearn_lab: teach and explore federated learning with server-side adjustment.
+
+Each round the server samples devices, they train locally, the server averages
+their weights (FedAvg) and then adjusts the result with a few SGD steps on a small
+shared dataset it holds.
+"""
+
+from .aggregation import fedavg
+from .config import FedConfig
+from .data import Dataset, from_arrays, load_digits, synthetic
+from .history import History, RoundRecord
+from .publish import load_model, save_model
+from .rounds import DivergedError, Federation, Result, ServerState, run, run_round
+from .sampling import num_sampled, sample_devices
+from .server import server_adjust
+
+__all__ = [
+    "Dataset",
+    "DivergedError",
+    "FedConfig",
+    "Federation",
+    "History",
+    "Result",
+    "RoundRecord",
+    "ServerState",
+    "fedavg",
+    "from_arrays",
+    "load_digits",
+    "load_model",
+    "num_sampled",
+    "run",
+    "run_round",
+    "sample_devices",
+    "save_model",
+    "server_adjust",
+    "synthetic",
+]
+
+__version__ = "0.1.0"

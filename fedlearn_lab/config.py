@@ -1,0 +1,203 @@
+"""The experiment's settings: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+PARTITIONS = ("iid", "dirichlet", "shards", "natural")
+MODELS = ("logreg", "mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """Every knob of a federated experiment; invalid values raise ``ValueError``.
+
+    The defaults make a good first experiment on :func:`fedlearn_lab.load_digits`:
+    50 label-skewed devices (Dirichlet 0.5), 10 of them per round, five local epochs,
+    then five server steps on a 5% shared dataset: about 0.94 test accuracy after
+    30 rounds, in a second or two. ``hidden`` is the MLP's width (the CNN uses
+    ``hidden // 4`` channels).
+    """
+
+    num_devices: int = 50
+    participation: float = 0.2
+    partition: str = "dirichlet"
+    skew: float = 0.5
+    quantity_skew: float = 0.0
+    local_epochs: int = 5
+    local_lr: float = 0.1
+    batch_size: int = 16
+    shared_fraction: float = 0.05
+    shared_classes: tuple[int, ...] | None = None
+    server_steps: int = 5
+    server_lr: float = 0.1
+    server_batch_size: int = 32
+    rounds: int = 30
+    target_accuracy: float | None = None
+    model: str = "mlp"
+    hidden: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shared_classes is not None:
+            # Lists arrive from JSON and the CLI; a tuple keeps the config hashable.
+            object.__setattr__(self, "shared_classes", tuple(self.shared_classes))
+        for check in _CHECKS:
+            check(self)
+
+    def replace(self, **changes: Any) -> FedConfig:
+        """Return a copy with some fields changed (validated like a new config)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as plain JSON-able values."""
+        out = dataclasses.asdict(self)
+        if self.shared_classes is not None:
+            out["shared_classes"] = list(self.shared_classes)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FedConfig:
+        """Build a config from :meth:`to_dict` output; unknown keys are an error."""
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"FedConfig has no field(s) {sorted(unknown)}")
+        return cls(**values)
+
+    def differences(self, other: FedConfig) -> dict[str, Any]:
+        """Fields whose value in ``self`` differs from ``other`` (name -> own value)."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        }
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{name} must be {allowed}, got {value!r}")
+
+
+def _int_at_least(name: str, low: int):
+    def check(cfg: FedConfig) -> None:
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            _fail(name, value, f"an integer >= {low}")
+
+    return check
+
+
+def _real(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _in_range(name: str, low: float, high: float, *, low_open: bool, high_open: bool):
+    allowed = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(cfg: FedConfig) -> None:
+        value = getattr(cfg, name)
+        ok = _real(value) and (
+            (value > low if low_open else value >= low)
+            and (value < high if high_open else value <= high)
+        )
+        if not ok:
+            _fail(name, value, f"a number in {allowed}")
+
+    return check
+
+
+def _positive(name: str):
+    def check(cfg: FedConfig) -> None:
+        value = getattr(cfg, name)
+        if not (_real(value) and value > 0):
+            _fail(name, value, "a number > 0")
+
+    return check
+
+
+def _choice(name: str, choices: tuple[str, ...]):
+    def check(cfg: FedConfig) -> None:
+        value = getattr(cfg, name)
+        if value not in choices:
+            _fail(name, value, f"one of {', '.join(map(repr, choices))}")
+
+    return check
+
+
+def _check_skew(cfg: FedConfig) -> None:
+    if not (_real(cfg.skew) and cfg.skew > 0):
+        _fail("skew", cfg.skew, "a number > 0")
+    if cfg.partition == "shards" and float(cfg.skew) != int(cfg.skew):
+        _fail("skew", cfg.skew, "a whole number of classes per device >= 1 for shards")
+
+
+def _check_quantity_skew(cfg: FedConfig) -> None:
+    if not (_real(cfg.quantity_skew) and cfg.quantity_skew >= 0):
+        _fail("quantity_skew", cfg.quantity_skew, "a number >= 0 (0 = off)")
+    if cfg.quantity_skew > 0 and cfg.partition in ("shards", "natural"):
+        _fail(
+            "quantity_skew",
+            cfg.quantity_skew,
+            f"0 with partition={cfg.partition!r} (device sizes are set by the split)",
+        )
+
+
+def _check_shared_classes(cfg: FedConfig) -> None:
+    classes = cfg.shared_classes
+    if classes is None:
+        return
+    if not classes or any(
+        isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes
+    ):
+        _fail("shared_classes", classes, "None or a non-empty tuple of class labels >= 0")
+    if len(set(classes)) != len(classes):
+        _fail("shared_classes", classes, "a tuple without repeated classes")
+
+
+def _check_shared_steps(cfg: FedConfig) -> None:
+    if cfg.server_steps > 0 and cfg.shared_fraction == 0:
+        _fail(
+            "server_steps",
+            cfg.server_steps,
+            "0 when shared_fraction is 0 (there is no shared dataset to train on)",
+        )
+
+
+def _check_target(cfg: FedConfig) -> None:
+    value = cfg.target_accuracy
+    if value is not None and not (_real(value) and 0 < value <= 1):
+        _fail("target_accuracy", value, "None or a number in (0, 1]")
+
+
+def _check_seed(cfg: FedConfig) -> None:
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        _fail("seed", cfg.seed, "an integer >= 0")
+
+
+_CHECKS = (
+    _int_at_least("num_devices", 1),
+    _in_range("participation", 0, 1, low_open=True, high_open=False),
+    _choice("partition", PARTITIONS),
+    _check_skew,
+    _check_quantity_skew,
+    _int_at_least("local_epochs", 1),
+    _positive("local_lr"),
+    _int_at_least("batch_size", 1),
+    _in_range("shared_fraction", 0, 1, low_open=False, high_open=True),
+    _check_shared_classes,
+    _int_at_least("server_steps", 0),
+    _positive("server_lr"),
+    _int_at_least("server_batch_size", 1),
+    _check_shared_steps,
+    _int_at_least("rounds", 1),
+    _check_target,
+    _choice("model", MODELS),
+    _int_at_least("hidden", 1),
+    _check_seed,
+)

@@ -1,0 +1,127 @@
+"""What a run leaves behind: one ``RoundRecord`` per round, gathered in a ``History``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """The outcome of one round (``round`` 1 is the first finished round).
+
+    ``aggregate_*`` describe the aggregation model (FedAvg, before the server
+    adjustment); ``accuracy`` and ``loss`` the adjusted model, which is the new global
+    model. Both are measured on the test set. ``seconds`` is wall-clock time and is
+    left out of comparisons, so equal seeds give equal records.
+    """
+
+    round: int
+    devices: tuple[int, ...]
+    num_samples: int
+    train_loss: float
+    aggregate_accuracy: float
+    aggregate_loss: float
+    accuracy: float
+    loss: float
+    server_steps: int
+    server_loss: float
+    seconds: float = field(default=0.0, compare=False)
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as one CSV row (device ids joined by spaces)."""
+        row = dataclasses.asdict(self)
+        row["devices"] = " ".join(map(str, self.devices))
+        return row
+
+
+_FIELDS = [f.name for f in dataclasses.fields(RoundRecord)]
+
+
+@dataclass
+class History:
+    """The rounds of a run, oldest first, with one list per metric for plotting."""
+
+    records: list[RoundRecord] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[RoundRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, i: int) -> RoundRecord:
+        return self.records[i]
+
+    def append(self, record: RoundRecord) -> None:
+        """Add the record of the round just finished."""
+        self.records.append(record)
+
+    def column(self, name: str) -> list[Any]:
+        """One field of every record, e.g. ``history.column("server_loss")``."""
+        if name not in _FIELDS:
+            raise ValueError(f"name must be a RoundRecord field ({', '.join(_FIELDS)}), got {name!r}")
+        return [getattr(r, name) for r in self.records]
+
+    @property
+    def rounds(self) -> list[int]:
+        """Round numbers, 1-based."""
+        return self.column("round")
+
+    @property
+    def accuracy(self) -> list[float]:
+        """Test accuracy of the global model after the server adjustment."""
+        return self.column("accuracy")
+
+    @property
+    def aggregate_accuracy(self) -> list[float]:
+        """Test accuracy of the aggregation model, before the server adjustment."""
+        return self.column("aggregate_accuracy")
+
+    @property
+    def loss(self) -> list[float]:
+        """Test loss of the global model after the server adjustment."""
+        return self.column("loss")
+
+    @property
+    def final_accuracy(self) -> float:
+        """Accuracy after the last round (NaN before any round)."""
+        return self.records[-1].accuracy if self.records else math.nan
+
+    def rounds_to(self, accuracy: float) -> int | None:
+        """The first round whose global accuracy reaches ``accuracy``, or None."""
+        return next((r.round for r in self.records if r.accuracy >= accuracy), None)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write one row per round with a header; returns the path."""
+        path = Path(path)
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=_FIELDS)
+            writer.writeheader()
+            writer.writerows(r.to_row() for r in self.records)
+        return path
+
+    def to_dataframe(self) -> Any:
+        """The records as a pandas DataFrame, one row per round (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                "History.to_dataframe needs pandas: pip install pandas "
+                "(or use History.to_csv / History.records)"
+            ) from None
+        return pd.DataFrame([r.to_row() for r in self.records], columns=_FIELDS)
+
+    def __repr__(self) -> str:
+        if not self.records:
+            return "History(0 rounds)"
+        last = self.records[-1]
+        return (
+            f"History({len(self)} rounds, accuracy {last.accuracy:.3f}, "
+            f"before adjustment {last.aggregate_accuracy:.3f})"
+        )

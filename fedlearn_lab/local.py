@@ -1,0 +1,92 @@
+"""Local training on the sampled devices: plain minibatch SGD from the global weights.
+
+``sgd`` is the one training routine of the package: devices use it on their own data
+and the server uses it on the shared dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.nn.functional import cross_entropy
+
+from .weights import Weights
+
+
+def batch_orders(
+    sizes: Sequence[int], *, epochs: int, generator: torch.Generator
+) -> torch.Tensor:
+    """One random order per device and epoch, drawn in a single call.
+
+    Returns shape (num_devices, epochs, max(sizes)): row ``[k, e]`` starts with a
+    permutation of ``range(sizes[k])`` and is padded with indices >= ``sizes[k]``.
+    """
+    sizes_t = torch.as_tensor(sizes)
+    keys = torch.rand(len(sizes), epochs, int(sizes_t.max()), generator=generator)
+    padding = torch.arange(keys.shape[-1]) >= sizes_t[:, None, None]  # (devices, 1, n_max)
+    return keys.masked_fill(padding, 2.0).argsort(dim=-1)  # padding sorts last
+
+
+def minibatches(order: torch.Tensor, size: int, batch_size: int) -> list[torch.Tensor]:
+    """Cut one device's (epochs, n_max) order into batches; the last of an epoch may be short."""
+    return [
+        epoch[start : start + batch_size]
+        for epoch in order[:, :size]
+        for start in range(0, size, batch_size)
+    ]
+
+
+def sgd(
+    model: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batches: Sequence[torch.Tensor],
+    *,
+    lr: float,
+) -> tuple[Weights, torch.Tensor]:
+    """Plain SGD, one step per index batch; returns new weights and each step's loss."""
+    params = {k: v.detach().requires_grad_() for k, v in weights.items()}
+    losses = []
+    for idx in batches:
+        loss = cross_entropy(functional_call(model, params, (x[idx],)), y[idx])
+        grads = torch.autograd.grad(loss, list(params.values()))
+        with torch.no_grad():
+            params = {
+                k: (p - lr * g).requires_grad_()
+                for (k, p), g in zip(params.items(), grads, strict=True)
+            }
+        losses.append(loss.detach())
+    new = {k: p.detach() for k, p in params.items()}
+    return new, torch.stack(losses) if losses else torch.zeros(0)
+
+
+def train_devices(
+    model: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device_indices: Sequence[torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+) -> tuple[list[Weights], torch.Tensor]:
+    """Train each device in turn from ``weights`` (the reference path).
+
+    Returns the devices' new weights and their mean training loss, shape (devices,).
+    """
+    sizes = [len(idx) for idx in device_indices]
+    orders = batch_orders(sizes, epochs=epochs, generator=generator)
+    results, mean_losses = [], []
+    for idx, size, order in zip(device_indices, sizes, orders, strict=True):
+        local, losses = sgd(
+            model, weights, x[idx], y[idx], minibatches(order, size, batch_size), lr=lr
+        )
+        results.append(local)
+        mean_losses.append(losses.mean())
+    return results, torch.stack(mean_losses)

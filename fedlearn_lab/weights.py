@@ -1,0 +1,60 @@
+"""State-dict arithmetic. ``Weights`` maps parameter names to tensors; nothing here
+changes its inputs in place.
+
+A *delta* is always ``local - global`` (the direction a device moved the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+Weights = dict[str, torch.Tensor]
+
+
+def add(a: Weights, b: Weights) -> Weights:
+    """``a + b``."""
+    return {k: a[k] + b[k] for k in a}
+
+
+def sub(a: Weights, b: Weights) -> Weights:
+    """``a - b`` (with ``a`` local and ``b`` global this is the device's delta)."""
+    return {k: a[k] - b[k] for k in a}
+
+
+def scale(a: Weights, factor: float) -> Weights:
+    """``factor * a``."""
+    return {k: v * factor for k, v in a.items()}
+
+
+def clone(a: Weights) -> Weights:
+    """A detached copy."""
+    return {k: v.detach().clone() for k, v in a.items()}
+
+
+def weighted_mean(weights: Sequence[Weights], coefficients: Sequence[float]) -> Weights:
+    """``sum_i c_i w_i / sum_i c_i``: the average FedAvg takes."""
+    if len(weights) == 0 or len(weights) != len(coefficients):
+        raise ValueError("weighted_mean needs as many coefficients as weights (>= 1)")
+    c = torch.as_tensor(coefficients, dtype=torch.float64)
+    if torch.any(c < 0) or c.sum() <= 0:
+        raise ValueError("weighted_mean coefficients must be >= 0 with a positive sum")
+    c = (c / c.sum()).to(next(iter(weights[0].values())).dtype)
+    return {k: torch.tensordot(c, torch.stack([w[k] for w in weights]), 1) for k in weights[0]}
+
+
+def stack(weights: Sequence[Weights]) -> Weights:
+    """Stack per-device weights along a new leading device axis."""
+    return {k: torch.stack([w[k] for w in weights]) for k in weights[0]}
+
+
+def unstack(stacked: Weights) -> list[Weights]:
+    """Inverse of :func:`stack`."""
+    count = next(iter(stacked.values())).shape[0]
+    return [{k: v[i] for k, v in stacked.items()} for i in range(count)]
+
+
+def num_parameters(a: Weights) -> int:
+    """Total number of scalars."""
+    return sum(v.numel() for v in a.values())
