@@ -153,8 +153,8 @@ def _check_finite(t: int, cfg: FedConfig, **losses: float) -> None:
         what = ", ".join(f"{name}={value}" for name, value in bad.items())
         raise DivergedError(
             f"round {t} diverged ({what}): the learning rate is probably too large; "
-            f"try a smaller local_lr (now {cfg.local_lr}) or server_lr (now {cfg.server_lr}). "
-            f"The history keeps rounds 1..{t - 1}."
+            f"try a smaller local_lr (now {cfg.local_lr:g}) or server_lr (now {cfg.server_lr:g}). "
+            f"The history keeps the {t - 1} rounds before it."
         )
 
 
