@@ -108,8 +108,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     fed.history.to_csv(args.out / "history.csv")
     fig = plot_accuracy(fed.history, label=fed.data.name)
+    fig.axes[0].set_title(
+        f"{cfg.partition} (skew {cfg.skew:g}), participation {cfg.participation:g}, "
+        f"server_steps {cfg.server_steps}",
+        fontsize="medium",
+    )
     fig.savefig(args.out / "accuracy.png", dpi=120)
+    print(f"{fed.history!r}; wrote {args.out}/history.csv and accuracy.png")
     if status == 0:
         save_model(fed.publish(), args.out / "model", cfg)
-    print(f"{fed.history!r}; wrote {args.out}/history.csv and accuracy.png")
+        spread = fed.device_accuracy()
+        print(
+            f"published model: accuracy on the devices' own data "
+            f"mean {sum(spread) / len(spread):.3f}, min {min(spread):.3f}, max {max(spread):.3f}"
+        )
     return status
