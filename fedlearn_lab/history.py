@@ -32,11 +32,24 @@ class RoundRecord:
     server_steps: int
     server_loss: float
     seconds: float = field(default=0.0, compare=False)
+    # Faults and adversaries: ``devices`` were sampled, ``returned`` sent an update in
+    # time, ``rejected`` sent one that failed validation; ``failures`` gives the reason
+    # for every sampled device left out ("dropout", "deadline", "keys", "shape",
+    # "dtype", "non-finite", "norm"). ``kept_previous``: no update survived, so the
+    # aggregation model is the previous global model. ``num_samples`` and
+    # ``train_loss`` cover the aggregated devices only.
+    returned: tuple[int, ...] = ()
+    rejected: tuple[int, ...] = ()
+    failures: tuple[tuple[int, str], ...] = ()
+    kept_previous: bool = False
 
     def to_row(self) -> dict[str, Any]:
-        """The record as one CSV row (device ids joined by spaces)."""
+        """The record as one CSV row (device ids joined by spaces, failures as
+        ``id:reason``)."""
         row = dataclasses.asdict(self)
-        row["devices"] = " ".join(map(str, self.devices))
+        for name in ("devices", "returned", "rejected"):
+            row[name] = " ".join(map(str, getattr(self, name)))
+        row["failures"] = " ".join(f"{k}:{why}" for k, why in self.failures)
         return row
 
 
