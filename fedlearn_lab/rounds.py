@@ -31,7 +31,10 @@ from .weights import Weights, clone
 
 
 class DivergedError(RuntimeError):
-    """The global model's loss became NaN or Inf; earlier rounds stay in the history."""
+    """The global model's loss became NaN or Inf; earlier rounds stay in the history
+    (``Federation.history``, and ``.history`` on the error raised by ``step``)."""
+
+    history: History | None = None
 
 
 @dataclass(frozen=True)
@@ -195,18 +198,28 @@ def _check_updates(t: int, cfg: FedConfig, reasons: list[str | None]) -> None:
         raise DivergedError(
             f"round {t} diverged: every returned update holds NaN or Inf, so local "
             f"training blew up; the learning rate is probably too large: try a smaller "
-            f"local_lr (now {cfg.local_lr}). The history keeps rounds 1..{t - 1}."
+            f"local_lr (now {cfg.local_lr}). {_kept(t)}"
         )
+
+
+def _kept(t: int) -> str:
+    return f"The history keeps rounds 1..{t - 1}." if t > 1 else "No round finished."
 
 
 def _check_finite(t: int, cfg: FedConfig, **losses: float) -> None:
     bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
     if bad:
         what = ", ".join(f"{name}={value}" for name, value in bad.items())
+        attackers = (
+            f" or the malicious devices' {cfg.attack} updates got through (try "
+            f"aggregator='median' or a lower max_norm_ratio)"
+            if cfg.malicious_fraction > 0
+            else ""
+        )
         raise DivergedError(
-            f"round {t} diverged ({what}): the learning rate is probably too large; "
-            f"try a smaller local_lr (now {cfg.local_lr}) or server_lr (now {cfg.server_lr}). "
-            f"The history keeps rounds 1..{t - 1}."
+            f"round {t} diverged ({what}): the learning rate is probably too large "
+            f"(try a smaller local_lr, now {cfg.local_lr}, or server_lr, now "
+            f"{cfg.server_lr}){attackers}. {_kept(t)}"
         )
 
 
@@ -262,7 +275,11 @@ class Federation:
 
     def step(self) -> RoundRecord:
         """Run one round, record it, and return its record."""
-        self.state, record = run_round(self.state, self.setup)
+        try:
+            self.state, record = run_round(self.state, self.setup)
+        except DivergedError as err:
+            err.history = self.history  # the rounds before the failed one
+            raise
         self.history.append(record)
         return record
 
