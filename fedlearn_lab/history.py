@@ -106,6 +106,12 @@ class History:
         """Accuracy after the last round (NaN before any round)."""
         return self.records[-1].accuracy if self.records else math.nan
 
+    def mean_accuracy(self, last: int = 10) -> float:
+        """Mean accuracy over the ``last`` rounds: steadier than the final accuracy
+        when rounds swing (e.g. under attack)."""
+        tail = self.accuracy[-last:]
+        return sum(tail) / len(tail) if tail else math.nan
+
     def rounds_to(self, accuracy: float) -> int | None:
         """The first round whose global accuracy reaches ``accuracy``, or None."""
         return next((r.round for r in self.records if r.accuracy >= accuracy), None)
