@@ -6,7 +6,8 @@ not asked for partial work: the server closes the round at the deadline and igno
 late arrivals. Time is simulated. A device's local-training time is its number of
 samples divided by its speed; speeds are drawn once per device from a lognormal with
 sigma ``SPEED_SIGMA``, and times are given in multiples of the median device's, so
-``deadline=1`` loses about half the devices and ``deadline=3`` only the slowest few.
+``deadline=1`` loses half the devices (on the default digits split, 1.5 loses about a
+quarter, 2 a sixth, 3 none).
 The slow devices are the same every round, so a deadline biases the model against
 their data.
 
