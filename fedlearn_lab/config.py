@@ -9,6 +9,8 @@ from typing import Any
 
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = ("logreg", "mlp", "cnn")
+ATTACKS = ("sign_flip", "scale", "label_flip", "noise")
+AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,13 @@ class FedConfig:
     then five server steps on a 5% shared dataset: about 0.94 test accuracy after
     30 rounds, in a second or two. ``hidden`` is the MLP's width (the CNN uses
     ``hidden // 4`` channels).
+
+    Faults and adversaries: a sampled device fails to return with probability
+    ``dropout``; with a ``deadline`` (in multiples of the median device's local-training
+    time) slower devices are dropped. Returned updates whose change is more than
+    ``max_norm_ratio`` times the round's median change are rejected. A fixed
+    ``malicious_fraction`` of devices runs ``attack`` (``attack_strength`` sets its
+    size), and ``aggregator`` names the rule that combines the updates.
     """
 
     num_devices: int = 50
@@ -40,9 +49,18 @@ class FedConfig:
     model: str = "mlp"
     hidden: int = 64
     seed: int = 0
+    # Faults and adversaries (see fedlearn_lab.faults and fedlearn_lab.attacks); the
+    # defaults are a federation where every sampled device returns an honest update.
+    dropout: float = 0.0
+    deadline: float | None = None
+    max_norm_ratio: float | None = 100.0
+    malicious_fraction: float = 0.0
+    attack: str = "sign_flip"
+    attack_strength: float = 4.0
+    aggregator: str = "fedavg"
 
     def __post_init__(self) -> None:
-        if self.shared_classes is not None:
+        if isinstance(self.shared_classes, list | tuple):
             # Lists arrive from JSON and the CLI; a tuple keeps the config hashable.
             object.__setattr__(self, "shared_classes", tuple(self.shared_classes))
         for check in _CHECKS:
@@ -90,11 +108,10 @@ def _int_at_least(name: str, low: int):
 
 
 def _real(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-    )
+    if isinstance(value, bool):
+        return False
+    # Ints are finite however large; math.isfinite would overflow converting them.
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _in_range(name: str, low: float, high: float, *, low_open: bool, high_open: bool):
@@ -124,8 +141,21 @@ def _positive(name: str):
 def _choice(name: str, choices: tuple[str, ...]):
     def check(cfg: FedConfig) -> None:
         value = getattr(cfg, name)
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             _fail(name, value, f"one of {', '.join(map(repr, choices))}")
+
+    return check
+
+
+def _optional_at_least(name: str, low: float, *, low_open: bool):
+    allowed = f"None (off) or a number {'>' if low_open else '>='} {low:g}"
+
+    def check(cfg: FedConfig) -> None:
+        value = getattr(cfg, name)
+        if value is not None and not (
+            _real(value) and (value > low if low_open else value >= low)
+        ):
+            _fail(name, value, allowed)
 
     return check
 
@@ -133,7 +163,7 @@ def _choice(name: str, choices: tuple[str, ...]):
 def _check_skew(cfg: FedConfig) -> None:
     if not (_real(cfg.skew) and cfg.skew > 0):
         _fail("skew", cfg.skew, "a number > 0")
-    if cfg.partition == "shards" and float(cfg.skew) != int(cfg.skew):
+    if cfg.partition == "shards" and cfg.skew != int(cfg.skew):
         _fail("skew", cfg.skew, "a whole number of classes per device >= 1 for shards")
 
 
@@ -152,7 +182,7 @@ def _check_shared_classes(cfg: FedConfig) -> None:
     classes = cfg.shared_classes
     if classes is None:
         return
-    if not classes or any(
+    if not isinstance(classes, tuple) or not classes or any(
         isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes
     ):
         _fail("shared_classes", classes, "None or a non-empty tuple of class labels >= 0")
@@ -200,4 +230,11 @@ _CHECKS = (
     _choice("model", MODELS),
     _int_at_least("hidden", 1),
     _check_seed,
+    _in_range("dropout", 0, 1, low_open=False, high_open=False),
+    _optional_at_least("deadline", 0, low_open=True),
+    _optional_at_least("max_norm_ratio", 1, low_open=False),
+    _in_range("malicious_fraction", 0, 1, low_open=False, high_open=False),
+    _choice("attack", ATTACKS),
+    _positive("attack_strength"),
+    _choice("aggregator", AGGREGATORS),
 )

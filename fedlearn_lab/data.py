@@ -6,7 +6,9 @@ Synthetic(alpha, beta) follows the recipe of the FedProx paper (Li et al., 2020,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,33 +79,38 @@ def from_arrays(
     Labels are mapped to ``0..num_classes-1`` in sorted order; rows of ``X`` may be
     vectors or images (they are flattened, and ``input_shape`` remembers the shape).
     """
+    _check_options(test_fraction, seed, input_shape)
     x_np = _as_numpy(X, "X")
     y_np = _as_numpy(y, "y")
-    if x_np.ndim < 2:
-        raise ValueError(f"X must have one row per sample (2+ dims), got shape {x_np.shape}")
+    if x_np.ndim < 2 or math.prod(x_np.shape[1:]) == 0:
+        raise ValueError(
+            f"X must hold one row of >= 1 feature per sample, got shape {x_np.shape}"
+        )
     if y_np.ndim != 1:
         raise ValueError(f"y must be 1-D (one label per sample), got shape {y_np.shape}")
     if len(x_np) != len(y_np):
         raise ValueError(f"X and y must have the same length, got {len(x_np)} and {len(y_np)}")
     if not np.issubdtype(x_np.dtype, np.number) or np.issubdtype(x_np.dtype, np.complexfloating):
         raise ValueError(f"X must be real numbers, got dtype {x_np.dtype}")
-    if not np.all(np.isfinite(x_np)):
-        raise ValueError("X contains NaN or Inf values; clean or impute them first")
+    with np.errstate(over="ignore"):  # values beyond float32 become inf, refused next
+        x_flat = x_np.reshape(len(x_np), math.prod(x_np.shape[1:])).astype(np.float32)
+    if not np.all(np.isfinite(x_flat)):
+        raise ValueError(
+            "X contains NaN or Inf values (or values beyond float32's range); "
+            "clean or impute them first"
+        )
     labels = _integer_labels(y_np)
     classes, labels = np.unique(labels, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(f"y must hold at least two classes, got {len(classes)}")
-    if not (isinstance(test_fraction, float | int) and 0 < test_fraction < 1):
-        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
     counts = np.bincount(labels)
     if counts.min() < 2:
         raise ValueError(
             f"every class needs at least 2 samples for a stratified split; "
             f"class {classes[counts.argmin()]!r} has {counts.min()}"
         )
-    shape = tuple(input_shape) if input_shape else tuple(x_np.shape[1:])
-    x_flat = x_np.reshape(len(x_np), -1).astype(np.float32)
-    if int(np.prod(shape)) != x_flat.shape[1]:
+    shape = tuple(input_shape) if input_shape is not None else tuple(x_np.shape[1:])
+    if math.prod(shape) != x_flat.shape[1]:
         raise ValueError(f"input_shape {shape} does not hold {x_flat.shape[1]} features")
     try:
         x_tr, x_te, y_tr, y_te = train_test_split(
@@ -176,6 +183,28 @@ def synthetic(
     )
 
 
+def _check_options(test_fraction: Any, seed: Any, input_shape: Any) -> None:
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, float | int)
+        or not 0 < test_fraction < 1
+    ):
+        raise ValueError(
+            f"test_fraction must be a number in (0, 1), got {test_fraction!r}"
+        )
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if input_shape is not None and (
+        not isinstance(input_shape, tuple | list)
+        or not input_shape
+        or any(isinstance(d, bool) or not isinstance(d, int) for d in input_shape)
+        or min(input_shape) < 1
+    ):
+        raise ValueError(
+            f"input_shape must be None or a tuple of sizes >= 1, got {input_shape!r}"
+        )
+
+
 def _as_numpy(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().numpy()
@@ -188,6 +217,10 @@ def _as_numpy(a: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
 def _integer_labels(y: np.ndarray) -> np.ndarray:
     if np.issubdtype(y.dtype, np.integer):
         return y.astype(np.int64)
-    if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+    if (
+        np.issubdtype(y.dtype, np.floating)
+        and np.all(np.abs(y) < 2**53)  # also False for NaN and Inf
+        and np.all(y == np.round(y))
+    ):
         return y.astype(np.int64)
     raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")

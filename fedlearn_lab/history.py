@@ -32,11 +32,24 @@ class RoundRecord:
     server_steps: int
     server_loss: float
     seconds: float = field(default=0.0, compare=False)
+    # Faults and adversaries: ``devices`` were sampled, ``returned`` sent an update in
+    # time, ``rejected`` sent one that failed validation; ``failures`` gives the reason
+    # for every sampled device left out ("dropout", "deadline", "keys", "shape",
+    # "dtype", "non-finite", "norm"). ``kept_previous``: no update survived, so the
+    # aggregation model is the previous global model. ``num_samples`` and
+    # ``train_loss`` cover the aggregated devices only.
+    returned: tuple[int, ...] = ()
+    rejected: tuple[int, ...] = ()
+    failures: tuple[tuple[int, str], ...] = ()
+    kept_previous: bool = False
 
     def to_row(self) -> dict[str, Any]:
-        """The record as one CSV row (device ids joined by spaces)."""
+        """The record as one CSV row (device ids joined by spaces, failures as
+        ``id:reason``)."""
         row = dataclasses.asdict(self)
-        row["devices"] = " ".join(map(str, self.devices))
+        for name in ("devices", "returned", "rejected"):
+            row[name] = " ".join(map(str, getattr(self, name)))
+        row["failures"] = " ".join(f"{k}:{why}" for k, why in self.failures)
         return row
 
 
@@ -92,6 +105,12 @@ class History:
     def final_accuracy(self) -> float:
         """Accuracy after the last round (NaN before any round)."""
         return self.records[-1].accuracy if self.records else math.nan
+
+    def mean_accuracy(self, last: int = 10) -> float:
+        """Mean accuracy over the ``last`` rounds: steadier than the final accuracy
+        when rounds swing (e.g. under attack)."""
+        tail = self.accuracy[-last:]
+        return sum(tail) / len(tail) if tail else math.nan
 
     def rounds_to(self, accuracy: float) -> int | None:
         """The first round whose global accuracy reaches ``accuracy``, or None."""

@@ -38,7 +38,7 @@ def plot_accuracy(
             color=line.get_color(),
             linestyle="--",
             alpha=0.7,
-            label=f"{name}before (FedAvg aggregate)",
+            label=f"{name}before adjustment",
         )
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1))
     ax.grid(alpha=0.3)

@@ -10,13 +10,14 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from . import local
-from .aggregation import fedavg
+from . import attacks, faults, local
+from .aggregation import AGGREGATORS
 from .config import FedConfig
 from .data import Dataset, load_digits
 from .history import History, RoundRecord
@@ -30,7 +31,10 @@ from .weights import Weights, clone
 
 
 class DivergedError(RuntimeError):
-    """The global model's loss became NaN or Inf; earlier rounds stay in the history."""
+    """The global model's loss became NaN or Inf; earlier rounds stay in the history
+    (``Federation.history``, and ``.history`` on the error raised by ``step``)."""
+
+    history: History | None = None
 
 
 @dataclass(frozen=True)
@@ -93,25 +97,25 @@ def make_setup(cfg: FedConfig, data: Dataset) -> Setup:
 
 
 def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecord]:
-    """One round from ``state``; returns the next state and the round's record."""
+    """One round from ``state``; returns the next state and the round's record.
+
+    If no update survives (every sampled device lost or rejected), the aggregation
+    model is the previous global model; the server adjustment still runs.
+    """
     cfg, data, model = setup.cfg, setup.data, setup.model
     started = time.perf_counter()
     t = state.round_idx + 1
     sampled = sample_devices(cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t))
-    indices = [setup.device_indices[k] for k in sampled]
-    local_weights, train_losses = local.train_devices(
-        model,
-        state.weights,
-        data.x_train,
-        data.y_train,
-        indices,
-        epochs=cfg.local_epochs,
-        lr=cfg.local_lr,
-        batch_size=cfg.batch_size,
-        generator=torch_generator(cfg.seed, "local", t),
+    sizes = [len(idx) for idx in setup.device_indices]
+    returned, lost = faults.arrivals(sampled, sizes, cfg, t)
+    updates, train_losses = _local_updates(state, setup, returned, t)
+    reasons = faults.screen_updates(
+        updates, state.weights, max_norm_ratio=cfg.max_norm_ratio
     )
-    sizes = [len(idx) for idx in indices]
-    aggregated = fedavg(list(zip(local_weights, sizes, strict=True)))
+    _check_updates(t, cfg, reasons)
+    kept = [i for i, reason in enumerate(reasons) if reason is None]
+    pairs = [(updates[i], sizes[returned[i]]) for i in kept]
+    aggregated = AGGREGATORS[cfg.aggregator](pairs) if pairs else state.weights
     shared = setup.shared_indices
     adjusted, stats = server_adjust(
         model,
@@ -129,12 +133,13 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
         if adjusted is aggregated
         else evaluate(model, adjusted, data.x_test, data.y_test)
     )
-    train_loss = train_losses.mean().item()
-    _check_finite(t, cfg, train_loss=train_loss, loss=loss)
+    train_loss = train_losses[kept].mean().item() if kept else math.nan
+    _check_finite(t, cfg, loss=loss)
+    rejected = {int(returned[i]): r for i, r in enumerate(reasons) if r is not None}
     record = RoundRecord(
         round=t,
         devices=tuple(int(k) for k in sampled),
-        num_samples=sum(sizes),
+        num_samples=sum(n for _, n in pairs),
         train_loss=train_loss,
         aggregate_accuracy=agg_acc,
         aggregate_loss=agg_loss,
@@ -143,18 +148,78 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
         server_steps=int(stats["server_steps"]),
         server_loss=stats["server_loss"],
         seconds=time.perf_counter() - started,
+        returned=tuple(int(k) for k in returned),
+        rejected=tuple(rejected),
+        failures=tuple(sorted({**lost, **rejected}.items())),
+        kept_previous=not kept,
     )
     return ServerState(round_idx=t, weights=adjusted), record
+
+
+def _local_updates(
+    state: ServerState, setup: Setup, returned: np.ndarray, t: int
+) -> tuple[list[Weights], torch.Tensor]:
+    """Train the devices that return; the malicious ones among them then attack."""
+    cfg, data = setup.cfg, setup.data
+    if len(returned) == 0:
+        return [], torch.zeros(0)
+    malicious = attacks.malicious_devices(
+        cfg.num_devices, cfg.malicious_fraction, numpy_rng(cfg.seed, "malicious")
+    )
+    bad = np.isin(returned, malicious)
+    indices = [setup.device_indices[k] for k in returned]
+    y = data.y_train
+    if cfg.attack == "label_flip" and bad.any():
+        y = y.clone()  # partitions are disjoint: flip each attacker's own labels
+        for idx in (idx for idx, b in zip(indices, bad, strict=True) if b):
+            y[idx] = attacks.flip_labels(y[idx], data.num_classes)
+    local_weights, train_losses = local.train_devices(
+        setup.model,
+        state.weights,
+        data.x_train,
+        y,
+        indices,
+        epochs=cfg.local_epochs,
+        lr=cfg.local_lr,
+        batch_size=cfg.batch_size,
+        generator=torch_generator(cfg.seed, "local", t),
+    )
+    generator = torch_generator(cfg.seed, "attack", t)
+    attack = {"attack": cfg.attack, "strength": cfg.attack_strength}
+    updates = [
+        attacks.corrupt(w, state.weights, **attack, generator=generator) if b else w
+        for w, b in zip(local_weights, bad, strict=True)
+    ]
+    return updates, train_losses
+
+
+def _check_updates(t: int, cfg: FedConfig, reasons: list[str | None]) -> None:
+    if reasons and all(r == "non-finite" for r in reasons):
+        raise DivergedError(
+            f"round {t} diverged: every returned update holds NaN or Inf, so local "
+            f"training blew up; the learning rate is probably too large: try a smaller "
+            f"local_lr (now {cfg.local_lr:g}). {_kept(t)}"
+        )
+
+
+def _kept(t: int) -> str:
+    return f"The history keeps rounds 1..{t - 1}." if t > 1 else "No round finished."
 
 
 def _check_finite(t: int, cfg: FedConfig, **losses: float) -> None:
     bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
     if bad:
         what = ", ".join(f"{name}={value}" for name, value in bad.items())
+        attackers = (
+            f" or the malicious devices' {cfg.attack} updates got through (try "
+            f"aggregator='median' or a lower max_norm_ratio)"
+            if cfg.malicious_fraction > 0
+            else ""
+        )
         raise DivergedError(
-            f"round {t} diverged ({what}): the learning rate is probably too large; "
-            f"try a smaller local_lr (now {cfg.local_lr:g}) or server_lr (now {cfg.server_lr:g}). "
-            f"The history keeps the {t - 1} rounds before it."
+            f"round {t} diverged ({what}): the learning rate is probably too large "
+            f"(try a smaller local_lr, now {cfg.local_lr:g}, or server_lr, now "
+            f"{cfg.server_lr:g}){attackers}. {_kept(t)}"
         )
 
 
@@ -210,7 +275,11 @@ class Federation:
 
     def step(self) -> RoundRecord:
         """Run one round, record it, and return its record."""
-        self.state, record = run_round(self.state, self.setup)
+        try:
+            self.state, record = run_round(self.state, self.setup)
+        except DivergedError as err:
+            err.history = self.history  # the rounds before the failed one
+            raise
         self.history.append(record)
         return record
 
@@ -227,6 +296,20 @@ class Federation:
     def stop(self) -> None:
         """Ask :meth:`run` to return after the round in progress."""
         self._stop_requested = True
+
+    def save(self, path: str | Path) -> Path:
+        """Write a checkpoint of the run so far; :meth:`load` resumes it exactly."""
+        from .checkpoint import save_federation
+
+        return save_federation(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Federation:
+        """Resume the federation saved by :meth:`save` (``ValueError`` if the file is
+        not a valid checkpoint)."""
+        from .checkpoint import load_federation
+
+        return load_federation(path)
 
     def publish(self) -> nn.Module:
         """The trained global model as a ready-to-use ``torch.nn.Module``."""

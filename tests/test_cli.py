@@ -1,3 +1,4 @@
+import csv
 from importlib.metadata import entry_points
 
 from fedlearn_lab.cli import main
@@ -7,8 +8,10 @@ def test_cli_writes_history_csv_and_accuracy_png(tmp_path, capsys):
     status = main(["--rounds", "2", "--participation", "0.3", "--server-steps", "3",
                    "--out", str(tmp_path), "--quiet"])
     assert status == 0
-    rows = (tmp_path / "history.csv").read_text().splitlines()
-    assert len(rows) == 3 and rows[1].split(",")[-3] == "3"  # server_steps column
+    with (tmp_path / "history.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["round"] for r in rows] == ["1", "2"]
+    assert {r["server_steps"] for r in rows} == {"3"}
     assert (tmp_path / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "model" / "config.json").exists()
     assert "2 rounds" in capsys.readouterr().out

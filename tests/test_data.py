@@ -66,7 +66,7 @@ def test_from_arrays_accepts_numpy_and_torch_and_remaps_labels():
         (np.full((10, 2), np.nan), np.arange(10) % 2, "NaN or Inf"),
         (np.full((10, 2), np.inf), np.arange(10) % 2, "NaN or Inf"),
         (np.zeros((10, 2)), np.zeros(10, dtype=int), "at least two classes"),
-        (np.zeros(10), np.arange(10) % 2, "one row per sample"),
+        (np.zeros(10), np.arange(10) % 2, "per sample"),
         (np.array([["a", "b"]] * 10), np.arange(10) % 2, "real numbers"),
     ],
 )

@@ -1,3 +1,4 @@
+import csv
 import subprocess
 import sys
 
@@ -63,8 +64,8 @@ def test_stop_keeps_the_rounds_done_and_run_resumes(digits):
 
 
 def test_divergence_names_the_round_and_suggests_a_smaller_learning_rate(digits):
-    fed = fl.Federation(fl.FedConfig(local_lr=1e9, rounds=10), digits)
-    with pytest.raises(fl.DivergedError, match=r"round 1 diverged.*smaller local_lr \(now 1e\+09\)"):
+    fed = fl.Federation(fl.FedConfig(local_lr=1e30, rounds=10), digits)
+    with pytest.raises(fl.DivergedError, match=r"round 1 diverged.*smaller local_lr \(now 1e\+30\)"):
         fed.run()
     assert len(fed.history) == 0
 
@@ -75,7 +76,7 @@ def test_divergence_mid_run_keeps_the_earlier_rounds(digits):
     blown = {k: v.clone() for k, v in fed.state.weights.items()}
     blown["fc1.weight"][0, 0] = float("inf")  # as if the last update had overflowed
     fed.state = fl.ServerState(fed.round, blown)
-    with pytest.raises(fl.DivergedError, match="round 3 diverged.*keeps the 2 rounds"):
+    with pytest.raises(fl.DivergedError, match=r"round 3 diverged.*keeps rounds 1\.\.2"):
         fed.run()
     assert fed.history.rounds == [1, 2]
 
@@ -98,7 +99,8 @@ def test_history_is_bit_identical_across_processes(digits, tmp_path):
     fl.Federation(fl.FedConfig(rounds=3), digits).run().to_csv(tmp_path / "a.csv")
 
     def without_seconds(path):
-        return [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]
+        with path.open() as f:
+            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
 
     assert without_seconds(tmp_path / "a.csv") == without_seconds(tmp_path / "b.csv")
 
