@@ -1,4 +1,4 @@
-"""Run several methods over several seeds; summarise what each took to reach a target."""
+"""Run several methods over several seeds; summarise what each took to reach a goal."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def compare(
     seeds: Iterable[int] = (0, 1, 2),
     on_run: Callable[[str, int, History], None] | None = None,
 ) -> dict[str, list[History]]:
-    """One history per seed for each named method (:data:`METHODS`), all from ``cfg``."""
+    """One history per seed for each named method (:data:`METHODS`), from ``cfg``."""
     unknown = [name for name in methods if name not in METHODS]
     if unknown:
         raise ValueError(f"methods must be names in {sorted(METHODS)}, got {unknown}")
@@ -56,7 +56,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 
 def summarize(results: Mapping[str, Sequence[History]], target: float) -> list[Summary]:
-    """Per method: final accuracy, and rounds, simulated seconds and bytes to ``target``."""
+    """Per method: final accuracy; rounds, simulated seconds and bytes to ``target``."""
     return [
         Summary(
             method=name,

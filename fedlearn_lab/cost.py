@@ -50,7 +50,7 @@ LABEL_BYTES = 8  # int64
 
 @torch.no_grad()
 def forward_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on one sample (Linear, Conv2d layers)."""
+    """Multiply-accumulates of one forward pass on one sample (Linear and Conv2d)."""
     macs = 0
 
     def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:

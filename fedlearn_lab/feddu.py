@@ -68,7 +68,7 @@ def _kl2(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence of two distributions in bits: 0 (equal) to 1 (disjoint).
+    """Jensen-Shannon divergence of two distributions in bits: 0 (equal) to 1 (apart).
 
     ``JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2`` with ``m = (p + q) / 2``; entries
     where a distribution is zero add nothing.

@@ -80,8 +80,8 @@ _COMPARED = [f.name for f in dataclasses.fields(RoundRecord) if f.compare]
 
 
 def _same(a: Any, b: Any) -> bool:
-    both_nan = isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
-    return both_nan or a == b
+    floats = isinstance(a, float) and isinstance(b, float)
+    return (floats and math.isnan(a) and math.isnan(b)) or a == b
 
 
 @dataclass
@@ -154,12 +154,11 @@ class History:
         return self.cumulative("sim_seconds")
 
     def time_to(self, accuracy: float) -> float | None:
-        """Simulated seconds until the global accuracy first reaches ``accuracy``, or None."""
+        """Simulated seconds until the accuracy first reaches ``accuracy``, or None."""
         return self._total_to(accuracy, self.column("sim_seconds"))
 
     def bytes_to(self, accuracy: float) -> int | None:
-        """Bytes sent plus received until the global accuracy first reaches ``accuracy``,
-        or None."""
+        """Bytes sent and received until the accuracy first reaches ``accuracy``."""
         per_round = [r.bytes_sent + r.bytes_received for r in self.records]
         return self._total_to(accuracy, per_round)
 

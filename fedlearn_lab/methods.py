@@ -68,7 +68,7 @@ def method_of(cfg: FedConfig) -> str:
 
 
 def device_data(setup: Setup, sampled_ids: Any) -> list[torch.Tensor]:
-    """Each sampled device's training indices (plus the shared copy under data sharing)."""
+    """Each sampled device's training indices (plus the shared copy if data sharing)."""
     own = [setup.device_indices[k] for k in sampled_ids]
     if setup.cfg.shared_use != "data_sharing" or len(setup.shared_indices) == 0:
         return own
@@ -88,7 +88,8 @@ class SampledInfo:
 def server_device(
     state: ServerState, setup: Setup, round_idx: int
 ) -> tuple[list[tuple[Weights, int]], int]:
-    """Hybrid-FL's server device: ``([(weights, num_samples)], flops)`` or ``([], 0)``."""
+    """Hybrid-FL's server device: ``([(weights, num_samples)], flops)`` or ``([], 0)``.
+    """
     cfg, data, shared = setup.cfg, setup.data, setup.shared_indices
     if cfg.shared_use != "hybrid" or len(shared) == 0:
         return [], 0

@@ -78,7 +78,7 @@ def plot_accuracy_vs_time(
     history: History, ax: Axes | None = None, *, label: str | None = None,
     color: str | None = None,
 ) -> Figure:
-    """Test accuracy against simulated wall-clock time (see cost.py), one point per round."""
+    """Test accuracy against simulated time (see cost.py), one point per round."""
     fig, ax = _axes(ax, (6, 3.5))
     ax.plot(history.sim_time, history.accuracy, color=color, label=label)
     ax.set(xlabel="simulated time (s)", ylabel="test accuracy", ylim=(0, 1))
@@ -97,7 +97,9 @@ def plot_methods(
     """Accuracy of each method, averaged over its runs, against rounds (left) and
     simulated time (right); ``results`` maps a method name to its histories."""
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, layout="constrained")
+        fig, axes = plt.subplots(
+            1, 2, figsize=(11, 3.8), sharey=True, layout="constrained"
+        )
     else:
         fig = axes[0].figure
     by_round, by_time = axes
@@ -118,7 +120,7 @@ def plot_methods(
 
 
 def plot_feddu(history: History, ax: Axes | None = None) -> Figure:
-    """FedDU's alpha_t (left axis) and tau_t with the server steps taken (right axis)."""
+    """FedDU's alpha_t (left axis), tau_t and the server steps taken (right axis)."""
     fig, ax = _axes(ax, (6, 3.5))
     alpha = [np.nan if a is None else a for a in history.column("server_alpha")]
     tau = [np.nan if t is None else t for t in history.column("server_tau")]
@@ -134,5 +136,6 @@ def plot_feddu(history: History, ax: Axes | None = None) -> Figure:
     steps_ax.set(ylabel="server steps", ylim=(0, None))
     lines = ax.get_legend_handles_labels()
     more = steps_ax.get_legend_handles_labels()
-    ax.legend(lines[0] + more[0], lines[1] + more[1], loc="upper right", fontsize="small")
+    handles, labels = (a + b for a, b in zip(lines, more, strict=True))
+    ax.legend(handles, labels, loc="upper right", fontsize="small")
     return fig

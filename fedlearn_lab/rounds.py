@@ -64,19 +64,20 @@ class Setup:
     def divergence(self, indices: torch.Tensor) -> float:
         """D: the JS divergence of the labels at ``indices`` from all device data's."""
         labels = self.data.y_train[indices].numpy()
-        return js_divergence(label_distribution(labels, self.data.num_classes), self.label_prior)
+        own = label_distribution(labels, self.data.num_classes)
+        return js_divergence(own, self.label_prior)
 
     @cached_property
     def label_prior(self) -> np.ndarray:
         """P: the label distribution of all device data together."""
-        return label_distribution(
-            self.data.y_train[torch.cat(self.device_indices)].numpy(), self.data.num_classes
-        )
+        labels = self.data.y_train[torch.cat(self.device_indices)].numpy()
+        return label_distribution(labels, self.data.num_classes)
 
     @cached_property
     def shared_divergence(self) -> float | None:
-        """D(P0): how far the shared dataset's labels are from P (None if it is empty)."""
-        return self.divergence(self.shared_indices) if len(self.shared_indices) else None
+        """D(P0): how far the shared dataset's labels are from P (None if empty)."""
+        shared = self.shared_indices
+        return self.divergence(shared) if len(shared) else None
 
     @cached_property
     def macs(self) -> int:
