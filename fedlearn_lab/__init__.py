@@ -6,7 +6,7 @@ shared dataset it holds.
 """
 
 from .aggregation import fedavg
-from .compare import Summary, compare, format_summary, summarize
+from .compare import Summary, adjustment_gain, compare, format_summary, summarize
 from .config import FedConfig
 from .data import Dataset, from_arrays, load_digits, synthetic
 from .history import History, RoundRecord
@@ -27,6 +27,7 @@ __all__ = [
     "RoundRecord",
     "ServerState",
     "Summary",
+    "adjustment_gain",
     "compare",
     "fedavg",
     "format_summary",

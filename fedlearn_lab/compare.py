@@ -89,3 +89,10 @@ def format_summary(summaries: Sequence[Summary], target: float) -> str:
             f"{show(megabytes, '.2f'):>6}"
         )
     return "\n".join(lines)
+
+
+def adjustment_gain(histories: Sequence[History], last: int = 10) -> float:
+    """Mean accuracy change due to the server adjustment (after minus before) over
+    the ``last`` rounds of each run: below 0, the adjustment hurts."""
+    changes = [np.subtract(h.accuracy, h.aggregate_accuracy)[-last:] for h in histories]
+    return float(np.mean(changes))

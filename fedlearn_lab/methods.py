@@ -5,7 +5,7 @@
 - ``"adjust"``: the server adjusts the aggregation model on it, for as many steps as
   ``server_schedule`` says: ``"fixed"`` takes ``server_steps`` (0 is plain FedAvg),
   ``"feddu"`` takes FedDU's dynamic number (:mod:`fedlearn_lab.feddu`).
-- ``"hybrid"``: Hybrid-FL (Yoshida et al. 2020, https://arxiv.org/abs/1901.05355). The
+- ``"hybrid"``: Hybrid-FL (Yoshida et al. 2019, https://arxiv.org/abs/1905.07210). The
   server trains like one more device, from the global model with the devices'
   epochs, batch size and learning rate, and its model joins FedAvg weighted by the
   shared dataset's size.
@@ -88,8 +88,7 @@ class SampledInfo:
 def server_device(
     state: ServerState, setup: Setup, round_idx: int
 ) -> tuple[list[tuple[Weights, int]], int]:
-    """Hybrid-FL's server device: ``([(weights, num_samples)], flops)`` or ``([], 0)``.
-    """
+    """Hybrid-FL's server device: its (weights, num_samples) pair and FLOPs, if any."""
     cfg, data, shared = setup.cfg, setup.data, setup.shared_indices
     if cfg.shared_use != "hybrid" or len(shared) == 0:
         return [], 0
@@ -104,9 +103,8 @@ def server_device(
         batch_size=cfg.batch_size,
         generator=torch_generator(cfg.seed, "hybrid", round_idx),
     )
-    return [(trained, len(shared))], train_flops(
-        setup.macs, cfg.local_epochs * len(shared)
-    )
+    flops = train_flops(setup.macs, cfg.local_epochs * len(shared))
+    return [(trained, len(shared))], flops
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,7 +15,6 @@ SMALL = fl.FedConfig(
 )
 
 
-
 def _assert_same_weights(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for name in a:
@@ -116,6 +115,15 @@ def test_compare_and_summarize(digits):
     assert "fedavg" in fl.format_summary(list(summary.values()), target=0.0001)
     with pytest.raises(ValueError, match="methods"):
         fl.compare(SMALL, digits, methods=["fedprox"])
+
+
+def test_adjustment_gain_is_the_mean_change_made_by_the_server(digits):
+    fixed = fl.run(SMALL, digits).history
+    after, before = fixed.accuracy[-2:], fixed.aggregate_accuracy[-2:]
+    expected = (after[0] - before[0] + after[1] - before[1]) / 2
+    assert fl.adjustment_gain([fixed], last=2) == pytest.approx(expected)
+    fedavg = fl.run(SMALL.replace(server_steps=0), digits).history
+    assert fl.adjustment_gain([fedavg, fedavg]) == 0.0
 
 
 # --- momentum -----------------------------------------------------------------------
