@@ -191,3 +191,65 @@ def test_momentum_fields_are_validated():
         fl.FedConfig(server_momentum="adam")
     with pytest.raises(ValueError, match="momentum_beta"):
         fl.FedConfig(momentum_beta=1.0)
+
+
+# --- with faults (faults.py) ----------------------------------------------------------
+
+
+def test_lost_devices_receive_the_model_but_send_nothing_back(digits):
+    cfg = SMALL.replace(dropout=0.6, seed=3)
+    record = fl.Federation(cfg, digits).step()
+    model_bytes = record.bytes_sent // len(record.devices)
+    assert 0 < len(record.returned) < len(record.devices)
+    assert record.bytes_received == model_bytes * len(record.returned)
+
+
+def test_feddu_does_nothing_when_no_update_arrives(digits):
+    cfg = SMALL.replace(server_schedule="feddu", dropout=1.0)
+    record = fl.Federation(cfg, digits).step()
+    assert record.kept_previous and record.returned == ()
+    assert (record.server_alpha, record.server_tau, record.server_steps) == (0.0, 0, 0)
+    assert record.sampled_divergence is None and record.device_flops == 0
+
+
+def test_hybrid_server_device_alone_makes_the_aggregate_when_devices_are_lost(digits):
+    fed = fl.Federation(SMALL.replace(shared_use="hybrid", dropout=1.0), digits)
+    start = fed.state.weights
+    record = fed.step()
+    assert not record.kept_previous and record.returned == ()
+    assert any(not torch.equal(start[k], fed.state.weights[k]) for k in start)
+
+
+def test_data_sharing_attackers_flip_only_their_own_labels(digits, monkeypatch):
+    # Every device is malicious and flips labels; the shared copy keeps its labels.
+    seen = []
+    train = local.train_devices
+
+    def spy(model, weights, x, y, indices, **kwargs):
+        seen.append((y, indices))
+        return train(model, weights, x, y, indices, **kwargs)
+
+    monkeypatch.setattr(local, "train_devices", spy)
+    cfg = SMALL.replace(
+        shared_use="data_sharing", malicious_fraction=1.0, attack="label_flip"
+    )
+    fed = fl.Federation(cfg, digits)
+    fed.step()
+    y, indices = seen[0]
+    shared = fed.shared_indices
+    assert torch.equal(y[shared], digits.y_train[shared])
+    own = indices[0][: len(indices[0]) - len(shared)]
+    assert not torch.equal(y[own], digits.y_train[own])
+
+
+def test_a_checkpoint_resumes_feddu_with_momentum_bit_for_bit(digits, tmp_path):
+    cfg = SMALL.replace(rounds=4, server_schedule="feddu", server_momentum="feddum")
+    straight = fl.Federation(cfg, digits)
+    straight.run()
+    first = fl.Federation(cfg, digits)
+    first.step(), first.step()
+    resumed = fl.Federation.load(first.save(tmp_path / "run.ckpt"))
+    _assert_same_weights(resumed.state.momentum, first.state.momentum)
+    resumed.run()
+    assert resumed.history.records == straight.history.records
+    _assert_same_weights(resumed.state.weights, straight.state.weights)
