@@ -6,15 +6,18 @@ shared dataset it holds.
 """
 
 from .aggregation import fedavg
+from .compare import Summary, adjustment_gain, compare, format_summary, summarize
 from .config import FedConfig
 from .data import Dataset, from_arrays, load_digits, synthetic
 from .history import History, RoundRecord
+from .methods import METHODS, method_of
 from .publish import load_model, save_model
 from .rounds import DivergedError, Federation, Result, ServerState, run, run_round
 from .sampling import num_sampled, sample_devices
 from .server import server_adjust
 
 __all__ = [
+    "METHODS",
     "Dataset",
     "DivergedError",
     "FedConfig",
@@ -23,16 +26,22 @@ __all__ = [
     "Result",
     "RoundRecord",
     "ServerState",
+    "Summary",
+    "adjustment_gain",
+    "compare",
     "fedavg",
+    "format_summary",
     "from_arrays",
     "load_digits",
     "load_model",
+    "method_of",
     "num_sampled",
     "run",
     "run_round",
     "sample_devices",
     "save_model",
     "server_adjust",
+    "summarize",
     "synthetic",
 ]
 

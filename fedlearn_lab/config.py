@@ -11,6 +11,10 @@ PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = ("logreg", "mlp", "cnn")
 ATTACKS = ("sign_flip", "scale", "label_flip", "noise")
 AGGREGATORS = ("fedavg", "median", "trimmed_mean", "krum")
+SHARED_USES = ("adjust", "hybrid", "data_sharing")
+SERVER_SCHEDULES = ("fixed", "feddu")
+FEDDU_MODES = ("steps", "interpolate")
+SERVER_MOMENTUMS = ("none", "feddum", "fedavgm")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,20 @@ class FedConfig:
     attack: str = "sign_flip"
     attack_strength: float = 4.0
     aggregator: str = "fedavg"
+    # --- How the shared dataset is used (FedDU and its baselines; see methods.py,
+    # feddu.py, momentum.py). server_schedule, server_steps and feddu_* apply only to
+    # shared_use="adjust"; fl.METHODS names the usual combinations.
+    shared_use: str = "adjust"
+    server_schedule: str = "fixed"
+    feddu_mode: str = "steps"
+    server_decay: float = 0.99
+    server_momentum: str = "none"
+    momentum_beta: float = 0.9
+    # --- Simulated cost of a round (see cost.py): compute speeds and bandwidths.
+    device_gflops: float = 1.0
+    server_gflops: float = 100.0
+    device_mbps: float = 50.0
+    server_mbps: float = 100.0
 
     def __post_init__(self) -> None:
         if isinstance(self.shared_classes, list | tuple):
@@ -191,11 +209,31 @@ def _check_shared_classes(cfg: FedConfig) -> None:
 
 
 def _check_shared_steps(cfg: FedConfig) -> None:
-    if cfg.server_steps > 0 and cfg.shared_fraction == 0:
+    # Only the server adjustment needs a shared dataset; Hybrid-FL and data sharing
+    # without one are plain FedAvg.
+    if cfg.shared_use != "adjust" or cfg.shared_fraction > 0:
+        return
+    if cfg.server_schedule == "feddu":
+        _fail(
+            "server_schedule",
+            cfg.server_schedule,
+            "'fixed' when shared_fraction is 0 (FedDU needs a shared dataset)",
+        )
+    if cfg.server_steps > 0:
         _fail(
             "server_steps",
             cfg.server_steps,
             "0 when shared_fraction is 0 (there is no shared dataset to train on)",
+        )
+
+
+def _check_schedule(cfg: FedConfig) -> None:
+    if cfg.server_schedule == "feddu" and cfg.shared_use != "adjust":
+        _fail(
+            "server_schedule",
+            cfg.server_schedule,
+            f"'fixed' with shared_use={cfg.shared_use!r} (FedDU schedules the server "
+            "adjustment, which only shared_use='adjust' has)",
         )
 
 
@@ -224,7 +262,18 @@ _CHECKS = (
     _int_at_least("server_steps", 0),
     _positive("server_lr"),
     _int_at_least("server_batch_size", 1),
+    _choice("shared_use", SHARED_USES),
+    _choice("server_schedule", SERVER_SCHEDULES),
+    _choice("feddu_mode", FEDDU_MODES),
+    _in_range("server_decay", 0, 1, low_open=True, high_open=False),
+    _choice("server_momentum", SERVER_MOMENTUMS),
+    _in_range("momentum_beta", 0, 1, low_open=False, high_open=True),
+    _check_schedule,
     _check_shared_steps,
+    _positive("device_gflops"),
+    _positive("server_gflops"),
+    _positive("device_mbps"),
+    _positive("server_mbps"),
     _int_at_least("rounds", 1),
     _check_target,
     _choice("model", MODELS),

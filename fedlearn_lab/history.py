@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +32,20 @@ class RoundRecord:
     loss: float
     server_steps: int
     server_loss: float
+    # FedDU (feddu.py): alpha_t and tau_t (None unless server_schedule="feddu"), and
+    # the divergences D(P0) of the shared dataset (None if empty) and D(P't) of the
+    # sampled devices' data, both from the label distribution of all device data.
+    server_alpha: float | None = None
+    server_tau: int | None = None
+    shared_divergence: float | None = None
+    sampled_divergence: float | None = None
+    # Cost of the round (cost.py): bytes the server sent and received, FLOPs, and
+    # the simulated wall-clock seconds of the round.
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    device_flops: int = 0
+    server_flops: int = 0
+    sim_seconds: float = 0.0
     seconds: float = field(default=0.0, compare=False)
     # Faults and adversaries: ``devices`` were sampled, ``returned`` sent an update in
     # time, ``rejected`` sent one that failed validation; ``failures`` gives the reason
@@ -43,6 +58,13 @@ class RoundRecord:
     failures: tuple[tuple[int, str], ...] = ()
     kept_previous: bool = False
 
+    def __eq__(self, other: object) -> bool:
+        # Field by field like the generated __eq__, but NaN (e.g. ``server_loss`` of a
+        # round without server steps) equals NaN, so equal seeds give equal records.
+        if not isinstance(other, RoundRecord):
+            return NotImplemented
+        return all(_same(getattr(self, n), getattr(other, n)) for n in _COMPARED)
+
     def to_row(self) -> dict[str, Any]:
         """The record as one CSV row (device ids joined by spaces, failures as
         ``id:reason``)."""
@@ -54,6 +76,12 @@ class RoundRecord:
 
 
 _FIELDS = [f.name for f in dataclasses.fields(RoundRecord)]
+_COMPARED = [f.name for f in dataclasses.fields(RoundRecord) if f.compare]
+
+
+def _same(a: Any, b: Any) -> bool:
+    floats = isinstance(a, float) and isinstance(b, float)
+    return (floats and math.isnan(a) and math.isnan(b)) or a == b
 
 
 @dataclass
@@ -115,6 +143,31 @@ class History:
     def rounds_to(self, accuracy: float) -> int | None:
         """The first round whose global accuracy reaches ``accuracy``, or None."""
         return next((r.round for r in self.records if r.accuracy >= accuracy), None)
+
+    def cumulative(self, name: str) -> list[float]:
+        """Running total of a numeric field, e.g. ``cumulative("bytes_sent")``."""
+        return list(itertools.accumulate(self.column(name)))
+
+    @property
+    def sim_time(self) -> list[float]:
+        """Simulated seconds from the start to the end of each round (see cost.py)."""
+        return self.cumulative("sim_seconds")
+
+    def time_to(self, accuracy: float) -> float | None:
+        """Simulated seconds until the accuracy first reaches ``accuracy``, or None."""
+        return self._total_to(accuracy, self.column("sim_seconds"))
+
+    def bytes_to(self, accuracy: float) -> int | None:
+        """Bytes sent and received until the accuracy first reaches ``accuracy``."""
+        per_round = [r.bytes_sent + r.bytes_received for r in self.records]
+        return self._total_to(accuracy, per_round)
+
+    def _total_to(self, accuracy: float, per_round: list[Any]) -> Any:
+        # Sum over the rounds up to and including the first that reaches `accuracy`.
+        for i, record in enumerate(self.records):
+            if record.accuracy >= accuracy:
+                return sum(per_round[: i + 1])
+        return None
 
     def to_csv(self, path: str | Path) -> Path:
         """Write one row per round with a header; returns the path."""

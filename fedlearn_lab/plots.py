@@ -3,6 +3,8 @@ the Figure; nothing here calls ``show()``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
@@ -69,4 +71,71 @@ def plot_device_accuracy(accuracy: list[float], ax: Axes | None = None) -> Figur
     ax.axvline(float(np.mean(accuracy)), color="black", linestyle="--", label="mean")
     ax.set(xlabel="accuracy on the device's own data", ylabel="devices")
     ax.legend()
+    return fig
+
+
+def plot_accuracy_vs_time(
+    history: History, ax: Axes | None = None, *, label: str | None = None,
+    color: str | None = None,
+) -> Figure:
+    """Test accuracy against simulated time (see cost.py), one point per round."""
+    fig, ax = _axes(ax, (6, 3.5))
+    ax.plot(history.sim_time, history.accuracy, color=color, label=label)
+    ax.set(xlabel="simulated time (s)", ylabel="test accuracy", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    if label:
+        ax.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_methods(
+    results: Mapping[str, Sequence[History]],
+    axes: Sequence[Axes] | None = None,
+    *,
+    target: float | None = None,
+) -> Figure:
+    """Accuracy of each method, averaged over its runs, against rounds (left) and
+    simulated time (right); ``results`` maps a method name to its histories."""
+    if axes is None:
+        fig, axes = plt.subplots(
+            1, 2, figsize=(11, 3.8), sharey=True, layout="constrained"
+        )
+    else:
+        fig = axes[0].figure
+    by_round, by_time = axes
+    for name, runs in results.items():
+        length = min(len(h) for h in runs)
+        accuracy = np.mean([h.accuracy[:length] for h in runs], axis=0)
+        sim_time = np.mean([h.sim_time[:length] for h in runs], axis=0)
+        (line,) = by_round.plot(np.arange(1, length + 1), accuracy, label=name)
+        by_time.plot(sim_time, accuracy, color=line.get_color(), label=name)
+    by_round.set(xlabel="round", ylabel="test accuracy (mean over seeds)", ylim=(0, 1))
+    by_time.set(xlabel="simulated time (s)")
+    for ax in axes:
+        if target is not None:
+            ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.grid(alpha=0.3)
+    by_time.legend(loc="lower right", fontsize="small")
+    return fig
+
+
+def plot_feddu(history: History, ax: Axes | None = None) -> Figure:
+    """FedDU's alpha_t (left axis), tau_t and the server steps taken (right axis)."""
+    fig, ax = _axes(ax, (6, 3.5))
+    alpha = [np.nan if a is None else a for a in history.column("server_alpha")]
+    tau = [np.nan if t is None else t for t in history.column("server_tau")]
+    ax.plot(history.rounds, alpha, color="tab:purple", label="alpha_t")
+    ax.set(xlabel="round", ylabel="alpha_t", ylim=(0, None))
+    ax.grid(alpha=0.3)
+    steps_ax = ax.twinx()
+    steps_ax.step(history.rounds, tau, where="mid", color="tab:orange", label="tau_t")
+    steps_ax.plot(
+        history.rounds, history.column("server_steps"), "o", markersize=3,
+        color="tab:orange", alpha=0.5, label="server steps taken",
+    )
+    steps_ax.set(ylabel="server steps", ylim=(0, None))
+    lines = ax.get_legend_handles_labels()
+    more = steps_ax.get_legend_handles_labels()
+    handles, labels = (a + b for a, b in zip(lines, more, strict=True))
+    ax.legend(handles, labels, loc="upper right", fontsize="small")
     return fig

@@ -6,10 +6,12 @@ state, the history, and the end condition; ``run`` is the one-call version.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +21,17 @@ from torch import nn
 from . import attacks, faults, local
 from .aggregation import AGGREGATORS
 from .config import FedConfig
+from .cost import forward_macs
 from .data import Dataset, load_digits
+from .feddu import js_divergence, label_distribution
 from .history import History, RoundRecord
+from .methods import SampledInfo, device_data, method_cost, server_device, server_update
 from .metrics import evaluate, per_device_accuracy
 from .models import make_model
+from .momentum import momentum_step
 from .partition import partition_devices, shared_split
 from .sampling import sample_devices
 from .seeding import numpy_rng, torch_generator
-from .server import server_adjust
 from .weights import Weights, clone
 
 
@@ -39,10 +44,11 @@ class DivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServerState:
-    """What the server carries from round to round."""
+    """What the server carries from round to round (``momentum``: see momentum.py)."""
 
     round_idx: int
     weights: Weights
+    momentum: Weights | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +60,29 @@ class Setup:
     model: nn.Module
     device_indices: list[torch.Tensor]
     shared_indices: torch.Tensor
+
+    def divergence(self, indices: torch.Tensor) -> float:
+        """D: the JS divergence of the labels at ``indices`` from all device data's."""
+        labels = self.data.y_train[indices].numpy()
+        own = label_distribution(labels, self.data.num_classes)
+        return js_divergence(own, self.label_prior)
+
+    @cached_property
+    def label_prior(self) -> np.ndarray:
+        """P: the label distribution of all device data together."""
+        labels = self.data.y_train[torch.cat(self.device_indices)].numpy()
+        return label_distribution(labels, self.data.num_classes)
+
+    @cached_property
+    def shared_divergence(self) -> float | None:
+        """D(P0): how far the shared dataset's labels are from P (None if empty)."""
+        shared = self.shared_indices
+        return self.divergence(shared) if len(shared) else None
+
+    @cached_property
+    def macs(self) -> int:
+        """Multiply-accumulates of one forward pass on one sample (see cost.py)."""
+        return forward_macs(self.model, self.data.input_shape)
 
 
 def make_setup(cfg: FedConfig, data: Dataset) -> Setup:
@@ -114,19 +143,17 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     )
     _check_updates(t, cfg, reasons)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
-    pairs = [(updates[i], sizes[returned[i]]) for i in kept]
-    aggregated = AGGREGATORS[cfg.aggregator](pairs) if pairs else state.weights
-    shared = setup.shared_indices
-    adjusted, stats = server_adjust(
-        model,
-        aggregated,
-        data.x_train[shared],
-        data.y_train[shared],
-        steps=cfg.server_steps,
-        lr=cfg.server_lr,
-        batch_size=cfg.server_batch_size,
-        generator=torch_generator(cfg.seed, "server", t),
-    )
+    trained = [len(idx) for idx in device_data(setup, returned)]
+    pairs = [(updates[i], trained[i]) for i in kept]
+    hybrid, hybrid_flops = server_device(state, setup, t)
+    everyone = pairs + hybrid
+    aggregated = AGGREGATORS[cfg.aggregator](everyone) if everyone else state.weights
+    aggregated, momentum = _momentum(cfg, state.weights, aggregated, state.momentum)
+    info = _sampled_info(setup, returned[kept], t)
+    update = server_update(setup, aggregated, info)
+    adjusted = update.weights
+    if cfg.server_momentum == "feddum" and adjusted is not aggregated:
+        adjusted, momentum = _momentum(cfg, aggregated, adjusted, momentum)
     agg_acc, agg_loss = evaluate(model, aggregated, data.x_test, data.y_test)
     acc, loss = (
         (agg_acc, agg_loss)
@@ -136,6 +163,7 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     train_loss = train_losses[kept].mean().item() if kept else math.nan
     _check_finite(t, cfg, loss=loss)
     rejected = {int(returned[i]): r for i, r in enumerate(reasons) if r is not None}
+    cost = method_cost(setup, len(sampled), trained, update.flops + hybrid_flops, t)
     record = RoundRecord(
         round=t,
         devices=tuple(int(k) for k in sampled),
@@ -145,15 +173,35 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
         aggregate_loss=agg_loss,
         accuracy=acc,
         loss=loss,
-        server_steps=int(stats["server_steps"]),
-        server_loss=stats["server_loss"],
+        server_steps=update.steps,
+        server_loss=update.loss,
+        server_alpha=update.alpha,
+        server_tau=update.tau,
+        shared_divergence=setup.shared_divergence,
+        sampled_divergence=info.divergence if info.num_sampled else None,
+        **dataclasses.asdict(cost),
         seconds=time.perf_counter() - started,
         returned=tuple(int(k) for k in returned),
         rejected=tuple(rejected),
         failures=tuple(sorted({**lost, **rejected}.items())),
-        kept_previous=not kept,
+        kept_previous=not everyone,
     )
-    return ServerState(round_idx=t, weights=adjusted), record
+    return ServerState(round_idx=t, weights=adjusted, momentum=momentum), record
+
+
+def _momentum(
+    cfg: FedConfig, old: Weights, new: Weights, momentum: Weights | None
+) -> tuple[Weights, Weights | None]:
+    kind, beta = cfg.server_momentum, cfg.momentum_beta
+    return momentum_step(kind, old, new, momentum, beta=beta)
+
+
+def _sampled_info(setup: Setup, device_ids: np.ndarray, t: int) -> SampledInfo:
+    """FedDU's view of the devices whose updates were aggregated (their own data)."""
+    if len(device_ids) == 0:
+        return SampledInfo(t, 0, 0, math.nan)
+    own = torch.cat([setup.device_indices[k] for k in device_ids])
+    return SampledInfo(t, len(device_ids), len(own), setup.divergence(own))
 
 
 def _local_updates(
@@ -167,18 +215,18 @@ def _local_updates(
         cfg.num_devices, cfg.malicious_fraction, numpy_rng(cfg.seed, "malicious")
     )
     bad = np.isin(returned, malicious)
-    indices = [setup.device_indices[k] for k in returned]
+    own = [setup.device_indices[k] for k in returned]
     y = data.y_train
     if cfg.attack == "label_flip" and bad.any():
         y = y.clone()  # partitions are disjoint: flip each attacker's own labels
-        for idx in (idx for idx, b in zip(indices, bad, strict=True) if b):
+        for idx in (idx for idx, b in zip(own, bad, strict=True) if b):
             y[idx] = attacks.flip_labels(y[idx], data.num_classes)
     local_weights, train_losses = local.train_devices(
         setup.model,
         state.weights,
         data.x_train,
         y,
-        indices,
+        device_data(setup, returned),
         epochs=cfg.local_epochs,
         lr=cfg.local_lr,
         batch_size=cfg.batch_size,

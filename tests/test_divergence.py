@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
-from fedlearn_lab import rounds
+from fedlearn_lab import methods
 
 BASE = fl.FedConfig(num_devices=20, participation=0.5, local_epochs=1, rounds=6)
 
@@ -18,7 +18,7 @@ def digits():
 
 def _nan_from_round(monkeypatch, bad_round: int):
     """Make the server adjustment return NaN weights from ``bad_round`` on."""
-    adjust, calls = rounds.server_adjust, []
+    adjust, calls = methods.server_adjust, []
 
     def adjust_then_break(*args, **kwargs):
         calls.append(1)
@@ -27,7 +27,7 @@ def _nan_from_round(monkeypatch, bad_round: int):
             weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
         return weights, stats
 
-    monkeypatch.setattr(rounds, "server_adjust", adjust_then_break)
+    monkeypatch.setattr(methods, "server_adjust", adjust_then_break)
 
 
 def test_divergence_names_the_round_and_the_learning_rates(digits, monkeypatch):

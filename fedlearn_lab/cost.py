@@ -1,0 +1,160 @@
+"""What a round costs: bytes on the network, FLOPs on devices and server, and time.
+
+The FedDUAP paper measures efficiency as simulated time to reach a target accuracy;
+this module is a small, documented model of that time.
+
+Counting rules
+--------------
+- **Bytes.** Each sampled device downloads the global model once and, unless it is
+  lost (faults.py), uploads its trained model once: ``bytes_sent = model_bytes * m``
+  for ``m`` sampled devices and ``bytes_received = model_bytes * r`` for the ``r``
+  that return (``model_bytes`` is the size of all parameters, float32 here).
+  Work the server does on its own data (FedDU, fixed steps, Hybrid-FL's server
+  device) moves no bytes. Data sharing sends every device a copy of the shared
+  dataset once (features as float32, labels as int64), counted in round 1.
+- **FLOPs.** :func:`forward_macs` counts the multiply-accumulates of one forward pass
+  layer by layer (``Linear``: in x out; ``Conv2d``: output pixels x out channels x
+  in channels x kernel area). Training on one sample costs ``6 * macs`` FLOPs (2
+  FLOPs per MAC, the backward pass about twice the forward), evaluating one costs
+  ``2 * macs``; biases, activations, pooling and the loss are left out (small for
+  these models). A device training E epochs on n samples does ``6 * macs * E * n``.
+  The server counts its training samples (steps x batch) and FedDU's evaluation of
+  the aggregation model on the shared dataset.
+- **Time.** One round is ``download + compute + upload``. A transfer of ``b`` bytes
+  to (or from) each of ``k`` devices takes ``max(k b / server_bandwidth, b /
+  device_bandwidth)``: the server's link is shared, each device has its own.
+  Devices train in parallel at equal speed (the speeds of faults.py's deadline are
+  not modelled here), so device compute is the slowest returning device's FLOPs over
+  ``device_gflops``; server compute is its FLOPs over ``server_gflops``, after the
+  devices (adjustment, FedDU) or alongside them (Hybrid-FL's server device).
+  Defaults follow the paper's 50 Mbit/s per device and 100 Mbit/s at the server; the
+  compute speeds (1 GFLOP/s for a phone-class device, 100 at the server) are this
+  package's assumptions, as the paper measured its training times instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .weights import Weights
+
+TRAIN_FLOPS_PER_MAC = 6
+EVAL_FLOPS_PER_MAC = 2
+LABEL_BYTES = 8  # int64
+
+
+@torch.no_grad()
+def forward_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one sample (Linear and Conv2d)."""
+    macs = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal macs
+        if isinstance(module, nn.Linear):
+            macs += module.in_features * module.out_features
+        else:  # Conv2d: output[0] is (out_channels, height, width)
+            kernel = math.prod(module.kernel_size) * module.in_channels // module.groups
+            macs += output[0].numel() * kernel
+
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    handles = [layer.register_forward_hook(count) for layer in layers]
+    try:
+        model(torch.zeros(1, math.prod(input_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
+def weights_bytes(weights: Weights) -> int:
+    """Bytes needed to send ``weights`` (all tensors, at their own dtype)."""
+    return sum(v.numel() * v.element_size() for v in weights.values())
+
+
+def train_flops(macs: int, samples: int) -> int:
+    """FLOPs of training on ``samples`` samples (forward and backward)."""
+    return TRAIN_FLOPS_PER_MAC * macs * samples
+
+
+def eval_flops(macs: int, samples: int) -> int:
+    """FLOPs of evaluating ``samples`` samples (forward only)."""
+    return EVAL_FLOPS_PER_MAC * macs * samples
+
+
+@dataclass(frozen=True)
+class RoundCost:
+    """Bytes, FLOPs and simulated seconds of one round (see the module docstring)."""
+
+    bytes_sent: int
+    bytes_received: int
+    device_flops: int
+    server_flops: int
+    sim_seconds: float
+
+
+@dataclass(frozen=True)
+class Links:
+    """Compute speeds (GFLOP/s) and bandwidths (Mbit/s) of devices and server."""
+
+    device_gflops: float
+    server_gflops: float
+    device_mbps: float
+    server_mbps: float
+
+    def transfer_seconds(self, num_bytes: int, count: int) -> float:
+        """Time to move ``num_bytes`` to or from each of ``count`` devices."""
+        bits = 8 * num_bytes
+        return max(
+            count * bits / (self.server_mbps * 1e6), bits / (self.device_mbps * 1e6)
+        )
+
+
+def round_cost(
+    links: Links,
+    *,
+    model_bytes: int,
+    num_sent: int,
+    device_flops: Sequence[int],
+    server_flops: int,
+    server_alongside: bool = False,
+    broadcast_bytes: int = 0,
+    broadcast_count: int = 0,
+) -> RoundCost:
+    """The cost of one round.
+
+    Parameters
+    ----------
+    num_sent
+        Devices the model was sent to (all sampled ones).
+    device_flops
+        FLOPs of each device that trained and returned its model.
+    server_flops
+        FLOPs the server spends on training (and FedDU's evaluation).
+    server_alongside
+        True if the server computes while the devices do (Hybrid-FL).
+    broadcast_bytes, broadcast_count
+        A one-off send of ``broadcast_bytes`` to each of ``broadcast_count`` devices
+        before the round (data sharing's copy of the shared dataset in round 1).
+    """
+    num_returned = len(device_flops)
+    device_s = max(device_flops, default=0) / (links.device_gflops * 1e9)
+    server_s = server_flops / (links.server_gflops * 1e9)
+    compute_s = max(device_s, server_s) if server_alongside else device_s + server_s
+    seconds = (
+        links.transfer_seconds(broadcast_bytes, broadcast_count)
+        + links.transfer_seconds(model_bytes, num_sent)
+        + links.transfer_seconds(model_bytes, num_returned)
+        + compute_s
+    )
+    return RoundCost(
+        bytes_sent=model_bytes * num_sent + broadcast_bytes * broadcast_count,
+        bytes_received=model_bytes * num_returned,
+        device_flops=int(sum(device_flops)),
+        server_flops=int(server_flops),
+        sim_seconds=seconds,
+    )

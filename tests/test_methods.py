@@ -1,0 +1,255 @@
+"""The methods by name (FedAvg, fixed, FedDU, Hybrid-FL, data sharing); momentum."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fedlearn_lab as fl
+from fedlearn_lab import local
+from fedlearn_lab.momentum import momentum_step
+from fedlearn_lab.seeding import torch_generator
+
+SMALL = fl.FedConfig(
+    num_devices=20, participation=0.25, shared_fraction=0.1, local_epochs=2, rounds=3
+)
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_every_method_name_gives_a_valid_config_that_it_is_named_by():
+    for name, changes in fl.METHODS.items():
+        assert fl.method_of(SMALL.replace(**changes)) == name
+
+
+def test_methods_split_the_data_identically(digits):
+    splits = [fl.Federation(SMALL.replace(**c), digits) for c in fl.METHODS.values()]
+    for fed in splits[1:]:
+        assert torch.equal(fed.shared_indices, splits[0].shared_indices)
+        assert all(
+            torch.equal(a, b)
+            for a, b in zip(fed.device_indices, splits[0].device_indices, strict=True)
+        )
+
+
+def test_hybrid_with_an_empty_shared_dataset_equals_fedavg(digits):
+    no_shared = SMALL.replace(shared_fraction=0.0, server_steps=0)
+    fedavg = fl.Federation(no_shared, digits)
+    hybrid = fl.Federation(no_shared.replace(shared_use="hybrid"), digits)
+    fedavg.run(), hybrid.run()
+    assert hybrid.history.records == fedavg.history.records
+    _assert_same_weights(hybrid.state.weights, fedavg.state.weights)
+
+
+def test_hybrid_is_fedavg_with_the_server_as_one_more_device(digits):
+    # Oracle: train the devices and the server device by hand and average by size.
+    cfg = SMALL.replace(**fl.METHODS["hybrid"])
+    fed = fl.Federation(cfg, digits)
+    start = fed.state.weights
+    record = fed.step()
+    setup, shared = fed.setup, fed.shared_indices
+
+    def train(indices, stream):
+        trained, _ = local.train_devices(
+            setup.model, start, digits.x_train, digits.y_train, indices,
+            epochs=cfg.local_epochs, lr=cfg.local_lr, batch_size=cfg.batch_size,
+            generator=torch_generator(cfg.seed, stream, 1),
+        )  # fmt: skip
+        return trained
+
+    devices = [fed.device_indices[k] for k in record.devices]
+    updates = list(zip(train(devices, "local"), map(len, devices), strict=True))
+    updates.append((train([shared], "hybrid")[0], len(shared)))
+    expected = fl.fedavg(updates)
+    for name in expected:
+        torch.testing.assert_close(fed.state.weights[name], expected[name])
+    assert record.server_steps == 0 and record.server_flops > 0
+
+
+def test_data_sharing_gives_every_sampled_device_the_shared_dataset(digits):
+    cfg = SMALL.replace(**fl.METHODS["data_sharing"])
+    fed = fl.Federation(cfg, digits)
+    record = fed.step()
+    own = sum(len(fed.device_indices[k]) for k in record.devices)
+    assert record.num_samples == own + len(record.devices) * len(fed.shared_indices)
+    assert record.server_steps == 0
+
+
+def test_data_sharing_with_an_empty_shared_dataset_equals_fedavg(digits):
+    no_shared = SMALL.replace(shared_fraction=0.0, server_steps=0)
+    fedavg = fl.run(no_shared, digits).history
+    sharing = fl.run(no_shared.replace(shared_use="data_sharing"), digits).history
+    assert sharing.records == fedavg.records
+
+
+def test_methods_differ_from_fedavg_with_a_shared_dataset(digits):
+    fedavg = fl.run(SMALL.replace(**fl.METHODS["fedavg"]), digits).history
+    for name in ("fixed", "feddu", "hybrid", "data_sharing"):
+        other = fl.run(SMALL.replace(**fl.METHODS[name]), digits).history
+        assert other.accuracy != fedavg.accuracy, name
+
+
+def test_hybrid_and_data_sharing_ignore_server_steps_but_refuse_feddu():
+    fl.FedConfig(shared_use="hybrid", shared_fraction=0.0, server_steps=5)
+    with pytest.raises(ValueError, match="server_schedule"):
+        fl.FedConfig(shared_use="data_sharing", server_schedule="feddu")
+    with pytest.raises(ValueError, match="server_steps"):
+        fl.FedConfig(shared_fraction=0.0, server_steps=5)
+
+
+def test_compare_and_summarize(digits):
+    results = fl.compare(SMALL, digits, methods=["fedavg", "feddu"], seeds=[0, 1])
+    assert list(results) == ["fedavg", "feddu"] and all(
+        len(r) == 2 for r in results.values()
+    )
+    assert (
+        results["fedavg"][1]
+        == fl.run(SMALL.replace(seed=1, server_steps=0), digits).history
+    )
+    summary = {s.method: s for s in fl.summarize(results, target=0.0001)}
+    assert summary["fedavg"].reached == 2 and summary["fedavg"].rounds_to == 1.0
+    assert "fedavg" in fl.format_summary(list(summary.values()), target=0.0001)
+    with pytest.raises(ValueError, match="methods"):
+        fl.compare(SMALL, digits, methods=["fedprox"])
+
+
+def test_adjustment_gain_is_the_mean_change_made_by_the_server(digits):
+    fixed = fl.run(SMALL, digits).history
+    after, before = fixed.accuracy[-2:], fixed.aggregate_accuracy[-2:]
+    expected = (after[0] - before[0] + after[1] - before[1]) / 2
+    assert fl.adjustment_gain([fixed], last=2) == pytest.approx(expected)
+    fedavg = fl.run(SMALL.replace(server_steps=0), digits).history
+    assert fl.adjustment_gain([fedavg, fedavg]) == 0.0
+
+
+# --- momentum -----------------------------------------------------------------------
+
+
+def _w(value: float) -> dict[str, torch.Tensor]:
+    return {"w": torch.tensor([value])}
+
+
+def test_momentum_none_returns_the_new_weights_unchanged():
+    new = _w(2.0)
+    weights, momentum = momentum_step("none", _w(1.0), new, None, beta=0.9)
+    assert weights is new and momentum is None
+
+
+@pytest.mark.parametrize("kind", ["feddum", "fedavgm"])
+def test_momentum_first_step_is_the_plain_move(kind):
+    weights, momentum = momentum_step(kind, _w(1.0), _w(3.0), None, beta=0.9)
+    assert weights["w"].item() == 3.0 and momentum["w"].item() == 2.0
+
+
+def test_feddum_averages_the_moves_and_fedavgm_sums_them():
+    # m = 2, move 1 -> 2 (delta 1): FedDUM m' = 0.9*2 + 0.1*1 = 1.9, w = 1 + 1.9;
+    # FedAvgM m' = 0.9*2 + 1 = 2.8, w = 1 + 2.8.
+    weights, momentum = momentum_step("feddum", _w(1.0), _w(2.0), _w(2.0), beta=0.9)
+    assert momentum["w"].item() == pytest.approx(1.9)
+    assert weights["w"].item() == pytest.approx(2.9)
+    weights, momentum = momentum_step("fedavgm", _w(1.0), _w(2.0), _w(2.0), beta=0.9)
+    assert momentum["w"].item() == pytest.approx(2.8)
+    assert weights["w"].item() == pytest.approx(3.8)
+
+
+def test_momentum_rejects_an_unknown_kind():
+    with pytest.raises(ValueError, match="kind"):
+        momentum_step("nesterov", _w(1.0), _w(2.0), _w(0.5), beta=0.9)
+
+
+@pytest.mark.parametrize("kind", ["feddum", "fedavgm"])
+def test_momentum_with_beta_zero_is_no_momentum(digits, kind):
+    cfg = SMALL.replace(server_schedule="feddu")
+    plain = fl.Federation(cfg, digits)
+    with_momentum = fl.Federation(
+        cfg.replace(server_momentum=kind, momentum_beta=0.0), digits
+    )
+    plain.run(), with_momentum.run()
+    for name, value in plain.state.weights.items():
+        torch.testing.assert_close(with_momentum.state.weights[name], value)
+    assert with_momentum.state.momentum is not None and plain.state.momentum is None
+
+
+def test_momentum_is_kept_in_the_server_state_and_changes_the_run(digits):
+    cfg = SMALL.replace(server_momentum="feddum")
+    fed = fl.Federation(cfg, digits)
+    fed.step()
+    first = fed.state.momentum
+    fed.step()
+    assert fed.state.momentum is not first
+    assert (
+        fl.run(cfg, digits).history.accuracy != fl.run(SMALL, digits).history.accuracy
+    )
+
+
+def test_momentum_fields_are_validated():
+    with pytest.raises(ValueError, match="server_momentum"):
+        fl.FedConfig(server_momentum="adam")
+    with pytest.raises(ValueError, match="momentum_beta"):
+        fl.FedConfig(momentum_beta=1.0)
+
+
+# --- with faults (faults.py) ----------------------------------------------------------
+
+
+def test_lost_devices_receive_the_model_but_send_nothing_back(digits):
+    cfg = SMALL.replace(dropout=0.6, seed=3)
+    record = fl.Federation(cfg, digits).step()
+    model_bytes = record.bytes_sent // len(record.devices)
+    assert 0 < len(record.returned) < len(record.devices)
+    assert record.bytes_received == model_bytes * len(record.returned)
+
+
+def test_feddu_does_nothing_when_no_update_arrives(digits):
+    cfg = SMALL.replace(server_schedule="feddu", dropout=1.0)
+    record = fl.Federation(cfg, digits).step()
+    assert record.kept_previous and record.returned == ()
+    assert (record.server_alpha, record.server_tau, record.server_steps) == (0.0, 0, 0)
+    assert record.sampled_divergence is None and record.device_flops == 0
+
+
+def test_hybrid_server_device_alone_makes_the_aggregate_when_devices_are_lost(digits):
+    fed = fl.Federation(SMALL.replace(shared_use="hybrid", dropout=1.0), digits)
+    start = fed.state.weights
+    record = fed.step()
+    assert not record.kept_previous and record.returned == ()
+    assert any(not torch.equal(start[k], fed.state.weights[k]) for k in start)
+
+
+def test_data_sharing_attackers_flip_only_their_own_labels(digits, monkeypatch):
+    # Every device is malicious and flips labels; the shared copy keeps its labels.
+    seen = []
+    train = local.train_devices
+
+    def spy(model, weights, x, y, indices, **kwargs):
+        seen.append((y, indices))
+        return train(model, weights, x, y, indices, **kwargs)
+
+    monkeypatch.setattr(local, "train_devices", spy)
+    cfg = SMALL.replace(
+        shared_use="data_sharing", malicious_fraction=1.0, attack="label_flip"
+    )
+    fed = fl.Federation(cfg, digits)
+    fed.step()
+    y, indices = seen[0]
+    shared = fed.shared_indices
+    assert torch.equal(y[shared], digits.y_train[shared])
+    own = indices[0][: len(indices[0]) - len(shared)]
+    assert not torch.equal(y[own], digits.y_train[own])
+
+
+def test_a_checkpoint_resumes_feddu_with_momentum_bit_for_bit(digits, tmp_path):
+    cfg = SMALL.replace(rounds=4, server_schedule="feddu", server_momentum="feddum")
+    straight = fl.Federation(cfg, digits)
+    straight.run()
+    first = fl.Federation(cfg, digits)
+    first.step(), first.step()
+    resumed = fl.Federation.load(first.save(tmp_path / "run.ckpt"))
+    _assert_same_weights(resumed.state.momentum, first.state.momentum)
+    resumed.run()
+    assert resumed.history.records == straight.history.records
+    _assert_same_weights(resumed.state.weights, straight.state.weights)
