@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,6 +112,25 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     )
     sizes = [len(idx) for idx in indices]
     aggregated = fedavg(list(zip(local_weights, sizes, strict=True)))
+    return finish_round(state, setup, sampled, aggregated, train_losses, started)
+
+
+def finish_round(
+    state: ServerState,
+    setup: Setup,
+    sampled: Sequence[int],
+    aggregated: Weights,
+    train_losses: torch.Tensor,
+    started: float,
+) -> tuple[ServerState, RoundRecord]:
+    """The server's side of a round after aggregation: adjust, evaluate, record.
+
+    ``train_losses`` holds each sampled device's mean training loss, shape (devices,);
+    ``started`` is the round's ``time.perf_counter()`` start. :mod:`fedlearn_lab.flower`
+    calls this too, so a Flower run adjusts and records exactly as :func:`run_round`.
+    """
+    cfg, data, model = setup.cfg, setup.data, setup.model
+    t = state.round_idx + 1
     shared = setup.shared_indices
     adjusted, stats = server_adjust(
         model,
@@ -134,7 +153,7 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     record = RoundRecord(
         round=t,
         devices=tuple(int(k) for k in sampled),
-        num_samples=sum(sizes),
+        num_samples=sum(len(setup.device_indices[k]) for k in sampled),
         train_loss=train_loss,
         aggregate_accuracy=agg_acc,
         aggregate_loss=agg_loss,
