@@ -120,6 +120,13 @@ def test_runners_reject_bad_arguments_before_starting_anything(tmp_path):
         run_processes(cfg, timeout=0)
     with pytest.raises(ValueError, match="app_dir"):
         run_processes(cfg, app_dir=tmp_path)
+    with pytest.raises(ValueError, match="dataset"):
+        run_processes(cfg, dataset="mnist")
+    tiny_shared = cfg.replace(shared_fraction=1e-4)
+    with pytest.raises(ValueError, match="shared_fraction"):
+        run_processes(tiny_shared)
+    with pytest.raises(ValueError, match="shared_fraction"):
+        run_simulation(tiny_shared)
 
 
 # --- on Flower's Simulation Engine: one start of Ray for both experiments ---------

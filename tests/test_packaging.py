@@ -10,7 +10,7 @@ from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}
-_MAKE_EXTRAS = ("dev", "flower")  # the extras `make setup` installs, tests' needs included
+_MAKE_EXTRAS = ("dev", "flower")  # what `make setup` installs (the tests need both)
 
 
 def _pyproject() -> dict:
@@ -34,7 +34,7 @@ def test_environment_yml_lists_the_runtime_requirements_with_the_same_minimums()
     assert not missing, f"environment.yml lacks {missing}"
     for r in runtime:
         assert conda[CONDA_NAMES.get(r.name, r.name)] == r.specifier, r.name
-    assert "-e .[" + ",".join(_MAKE_EXTRAS) + "]" in pip_lines  # what `make setup` installs
+    assert "-e .[" + ",".join(_MAKE_EXTRAS) + "]" in pip_lines
     python_pin = conda["python"]
     requires = SpecifierSet(_pyproject()["project"]["requires-python"])
     assert str(python_pin) == str(requires)

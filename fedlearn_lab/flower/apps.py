@@ -264,28 +264,24 @@ def find_devices(grid: Grid, num_devices: int, timeout: float) -> dict[int, int]
 
 def serve(
     grid: Grid,
-    cfg: FedConfig,
-    data: Dataset | str,
+    setup: Setup,
     nodes: dict[int, int],
     *,
+    dataset: str,
     on_round: OnRound | None = None,
     model_out: str | Path | None = None,
     timeout: float = 600.0,
 ) -> History:
     """Run one experiment on ``grid``, device ``k`` being node ``nodes[k]``; returns its
     history and, if ``model_out`` is set, saves the published model there
-    (:func:`fedlearn_lab.save_model`)."""
-    setup = make_setup(
-        cfg, data if isinstance(data, Dataset) else load_dataset(data, cfg.seed)
-    )
+    (:func:`fedlearn_lab.save_model`). ``dataset`` names the data for devices that
+    load it themselves (``"digits"``, ``"synthetic:ALPHA,BETA"``)."""
+    cfg = setup.cfg
     strategy = ServerAdjustFedAvg(
         setup, {k: nodes[k] for k in range(cfg.num_devices)}, on_round
     )
     train_config = ConfigRecord(
-        {
-            "fed-config": json.dumps(cfg.to_dict()),
-            "dataset": data if isinstance(data, str) else data.name,
-        }
+        {"fed-config": json.dumps(cfg.to_dict()), "dataset": dataset}
     )
     strategy.start(
         grid=grid,
@@ -323,11 +319,11 @@ def server_app() -> ServerApp:
     def main(grid: Grid, context: Context) -> None:
         run = dict(context.run_config)
         cfg = config_from_run_config(run)
+        dataset = str(run.get("dataset", "digits"))
+        setup = make_setup(cfg, load_dataset(dataset, cfg.seed))
         nodes = find_devices(grid, cfg.num_devices, timeout=600.0)
         model_out = str(run.get("model-path", "")) or None
-        history = serve(
-            grid, cfg, str(run.get("dataset", "digits")), nodes, model_out=model_out
-        )
+        history = serve(grid, setup, nodes, dataset=dataset, model_out=model_out)
         if run.get("out-path"):
             save_history(history, Path(str(run["out-path"])))
 

@@ -31,8 +31,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from ..cli import _load_dataset as load_dataset
 from ..config import FedConfig
 from ..history import History
+from ..rounds import make_setup
 from .apps import load_history
 
 #: The example app folder of a source checkout.
@@ -71,6 +73,7 @@ def run_processes(
         )
     if not timeout > 0:
         raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    make_setup(cfg, load_dataset(dataset, cfg.seed))  # bad input fails before start-up
     own_dir = workdir is None
     work = Path(
         tempfile.mkdtemp(prefix="fedlearn-flower-") if own_dir else workdir

@@ -15,6 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..config import FedConfig
 from ..data import Dataset, load_digits
 from ..history import History
+from ..rounds import make_setup
 from .apps import OnRound, client_app, find_devices, serve
 
 
@@ -69,11 +70,10 @@ def run_simulations(
         raise ValueError(
             f"model_outs must hold one path or None per config, got {len(outs)}"
         )
-    from flwr.simulation import (
-        run_simulation as simulate,
-    )  # imports Ray: only when used
-
     data = load_digits() if data is None else data
+    setups = [make_setup(cfg, data) for cfg in cfgs]  # bad input fails before Ray
+    from flwr.simulation import run_simulation as simulate  # imports Ray: when used
+
     num_nodes = max(c.num_devices for c in cfgs)
     histories: list[History] = []
     app = ServerApp()
@@ -81,10 +81,11 @@ def run_simulations(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         nodes = find_devices(grid, num_nodes, timeout=600.0)
-        for cfg, out in zip(cfgs, outs, strict=True):
-            histories.append(
-                serve(grid, cfg, data, nodes, on_round=on_round, model_out=out)
+        for setup, out in zip(setups, outs, strict=True):
+            history = serve(
+                grid, setup, nodes, dataset=data.name, on_round=on_round, model_out=out
             )
+            histories.append(history)
 
     with _flower_logs(verbose), _restored_env("PYTHONPATH"):
         simulate(
