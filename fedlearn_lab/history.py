@@ -74,6 +74,16 @@ class RoundRecord:
         row["failures"] = " ".join(f"{k}:{why}" for k, why in self.failures)
         return row
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RoundRecord:
+        """Rebuild a record from ``dataclasses.asdict`` output that went through JSON
+        (which turns tuples into lists)."""
+        return cls(**{k: _as_tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def _as_tuple(value: list) -> tuple:
+    return tuple(_as_tuple(v) if isinstance(v, list) else v for v in value)
+
 
 _FIELDS = [f.name for f in dataclasses.fields(RoundRecord)]
 _COMPARED = [f.name for f in dataclasses.fields(RoundRecord) if f.compare]

@@ -128,19 +128,50 @@ def make_setup(cfg: FedConfig, data: Dataset) -> Setup:
 def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecord]:
     """One round from ``state``; returns the next state and the round's record.
 
-    If no update survives (every sampled device lost or rejected), the aggregation
-    model is the previous global model; the server adjustment still runs.
+    The devices' side (sampling, faults, local training, attacks) is here; the
+    server's side, once the updates are in, is :func:`finish_round`.
     """
-    cfg, data, model = setup.cfg, setup.data, setup.model
+    cfg = setup.cfg
     started = time.perf_counter()
     t = state.round_idx + 1
     sampled = sample_devices(cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t))
     sizes = [len(idx) for idx in setup.device_indices]
     returned, lost = faults.arrivals(sampled, sizes, cfg, t)
     updates, train_losses = _local_updates(state, setup, returned, t)
-    reasons = faults.screen_updates(
-        updates, state.weights, max_norm_ratio=cfg.max_norm_ratio
+    return finish_round(
+        state,
+        setup,
+        sampled=sampled,
+        returned=returned,
+        lost=lost,
+        updates=updates,
+        train_losses=train_losses,
+        started=started,
     )
+
+
+def finish_round(
+    state: ServerState,
+    setup: Setup,
+    *,
+    sampled: np.ndarray,
+    returned: np.ndarray,
+    lost: dict[int, str],
+    updates: list[Weights],
+    train_losses: torch.Tensor,
+    started: float,
+) -> tuple[ServerState, RoundRecord]:
+    """The server's side of a round: screen the returned updates, aggregate them, adjust
+    on the shared dataset, evaluate, and record.
+
+    ``updates[i]`` and ``train_losses[i]`` come from device ``returned[i]``; ``lost``
+    names the sampled devices that did not return and why. If no update survives, the
+    aggregation model is the previous global model; the server adjustment still runs.
+    :mod:`fedlearn_lab.flower` calls this too, so a Flower run is served by the same code.
+    """
+    cfg, data, model = setup.cfg, setup.data, setup.model
+    t = state.round_idx + 1
+    reasons = faults.screen_updates(updates, state.weights, max_norm_ratio=cfg.max_norm_ratio)
     _check_updates(t, cfg, reasons)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     trained = [len(idx) for idx in device_data(setup, returned)]

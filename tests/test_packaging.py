@@ -10,6 +10,7 @@ from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}
+_MAKE_EXTRAS = ("dev", "flower")  # what `make setup` installs (the tests need both)
 
 
 def _pyproject() -> dict:
@@ -33,7 +34,7 @@ def test_environment_yml_lists_the_runtime_requirements_with_the_same_minimums()
     assert not missing, f"environment.yml lacks {missing}"
     for r in runtime:
         assert conda[CONDA_NAMES.get(r.name, r.name)] == r.specifier, r.name
-    assert "-e .[dev]" in pip_lines
+    assert "-e .[" + ",".join(_MAKE_EXTRAS) + "]" in pip_lines
     python_pin = conda["python"]
     requires = SpecifierSet(_pyproject()["project"]["requires-python"])
     assert str(python_pin) == str(requires)
@@ -53,4 +54,10 @@ def test_torch_is_pinned_to_the_cpu_wheel_before_the_package():
     makefile = (ROOT / "Makefile").read_text()
     assert "TORCH ?= torch==2.13.0" in makefile
     setup = makefile.split("$(STAMP): pyproject.toml", 1)[1]
-    assert setup.index('"$(TORCH)"') < setup.index('-e ".[dev]"')
+    package = '-e ".[' + ",".join(_MAKE_EXTRAS) + ']"'
+    assert setup.index('"$(TORCH)"') < setup.index(package)
+
+
+def test_make_setup_installs_extras_that_exist():
+    extras = _pyproject()["project"]["optional-dependencies"]
+    assert set(_MAKE_EXTRAS) <= set(extras)

@@ -1,0 +1,353 @@
+"""The Flower apps: a ClientApp whose devices train with the core's SGD, and a FedAvg
+strategy followed by the core's server step.
+
+See :mod:`fedlearn_lab.flower` for how a Flower run matches the in-process one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+
+from .. import local
+from ..cli import _load_dataset as load_dataset
+from ..config import FedConfig
+from ..data import Dataset
+from ..history import History, RoundRecord
+from ..publish import save_model
+from ..methods import device_data
+from ..rounds import ServerState, Setup, finish_round, make_setup
+from ..sampling import sample_devices
+from ..seeding import numpy_rng, torch_generator
+from ..weights import Weights, clone
+
+OnRound = Callable[[RoundRecord], None]
+#: Run-config keys of the Flower app that are not ``FedConfig`` fields.
+APP_KEYS = ("config-path", "dataset", "out-path", "model-path")
+
+
+def train_device(
+    setup: Setup,
+    weights: Weights,
+    device_id: int,
+    sampled: Sequence[int],
+    round_idx: int,
+) -> tuple[Weights, float]:
+    """Device ``device_id``'s local training in round ``round_idx``, with the
+    minibatches the in-process loop gives it; returns its new weights and mean loss."""
+    cfg, data = setup.cfg, setup.data
+    sizes = [len(idx) for idx in device_data(setup, sampled)]
+    orders = local.batch_orders(
+        sizes,
+        epochs=cfg.local_epochs,
+        generator=torch_generator(cfg.seed, "local", round_idx),
+    )
+    row = list(sampled).index(device_id)
+    (idx,) = device_data(setup, [device_id])
+    batches = local.minibatches(orders[row], sizes[row], cfg.batch_size)
+    new, losses = local.sgd(
+        setup.model,
+        weights,
+        data.x_train[idx],
+        data.y_train[idx],
+        batches,
+        lr=cfg.local_lr,
+    )
+    return new, losses.mean().item()
+
+
+_SETUPS: dict[tuple[str, FedConfig], Setup] = {}
+
+
+def _setup(cfg: FedConfig, key: str, data: Dataset | str) -> Setup:
+    """``make_setup`` once per process and (data, config): Ray reuses its workers."""
+    if (key, cfg) not in _SETUPS:
+        if len(_SETUPS) >= 8:
+            _SETUPS.clear()
+        dataset = data if isinstance(data, Dataset) else load_dataset(data, cfg.seed)
+        _SETUPS[key, cfg] = make_setup(cfg, dataset)
+    return _SETUPS[key, cfg]
+
+
+def _device_id(context: Context) -> int:
+    if "partition-id" not in context.node_config:
+        raise ValueError(
+            "a SuperNode must be started with --node-config 'partition-id=K "
+            "num-partitions=N': device K is the node with partition-id K"
+        )
+    return int(context.node_config["partition-id"])
+
+
+def client_app(data: Dataset | None = None) -> ClientApp:
+    """The devices' ClientApp: device ``partition-id`` trains on its own partition.
+
+    ``data`` is the whole dataset (each device keeps its partition of it); ``None``
+    loads the one the server names (``"digits"`` or ``"synthetic:ALPHA,BETA"``).
+    """
+    # Names the data in each worker's setup cache (the app reaches workers pickled).
+    key = uuid.uuid4().hex if data is not None else ""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        info = MetricRecord({"device-id": _device_id(context)})
+        return Message(RecordDict({"device": info}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config = msg.content["config"]
+        cfg = FedConfig.from_dict(json.loads(str(config["fed-config"])))
+        name = str(config["dataset"])
+        setup = _setup(cfg, key or name, data if data is not None else name)
+        device = _device_id(context)
+        weights = dict(msg.content["arrays"].to_torch_state_dict())
+        sampled = [int(k) for k in config["devices"]]
+        new, loss = train_device(
+            setup, weights, device, sampled, int(config["server-round"])
+        )
+        metrics = {
+            "num-examples": len(setup.device_indices[device]),
+            "train-loss": loss,
+        }
+        content = RecordDict(
+            {"arrays": ArrayRecord(new), "metrics": MetricRecord(metrics)}
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+class ServerAdjustFedAvg(FedAvg):
+    """Flower's FedAvg strategy whose server side is the core's ``rounds.finish_round``.
+
+    Flower delivers the devices' replies; aggregation (FedAvg by default, or
+    ``cfg.aggregator``), update screening, the server adjustment (fixed or FedDU),
+    evaluation and the record are the same code as in-process.
+
+    ``nodes`` maps device ids to Flower node ids. The rounds' records gather in
+    ``history``; ``on_round(record)`` is called after each.
+    """
+
+    def __init__(
+        self, setup: Setup, nodes: dict[int, int], on_round: OnRound | None = None
+    ) -> None:
+        super().__init__(fraction_evaluate=0.0, min_available_nodes=len(nodes))
+        self.setup, self.nodes, self.on_round = setup, nodes, on_round
+        self.devices = {node: k for k, node in nodes.items()}
+        self.state = ServerState(0, clone(dict(setup.model.state_dict())))
+        self.history = History()
+        self._round: tuple[np.ndarray, float] | None = None  # sampled ids, start time
+
+    @property
+    def finished(self) -> bool:
+        """True once the target accuracy is reached (Flower then runs empty rounds)."""
+        target = self.setup.cfg.target_accuracy
+        return (
+            target is not None
+            and bool(self.history)
+            and self.history[-1].accuracy >= target
+        )
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Send the global weights to the devices the core's seeded sampling picks."""
+        if self.finished:
+            return []
+        cfg = self.setup.cfg
+        t = self.state.round_idx + 1
+        sampled = sample_devices(
+            cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t)
+        )
+        self._round = (sampled, time.perf_counter())
+        config["server-round"] = t
+        config["devices"] = [int(k) for k in sampled]
+        record = RecordDict(
+            {self.arrayrecord_key: arrays, self.configrecord_key: config}
+        )
+        nodes = [self.nodes[int(k)] for k in sampled]
+        return self._construct_messages(record, nodes, MessageType.TRAIN)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAvg over the replies in device order, then adjust, evaluate and record."""
+        if self._round is None:
+            return None, None
+        (sampled, started), self._round = self._round, None
+        ordered = self._in_device_order(list(replies), sampled)
+        updates = [dict(m.content["arrays"].to_torch_state_dict()) for m in ordered]
+        losses = torch.tensor(
+            [float(m.content["metrics"]["train-loss"]) for m in ordered]
+        )
+        self.state, record = finish_round(
+            self.state,
+            self.setup,
+            sampled=sampled,
+            returned=sampled,
+            lost={},
+            updates=updates,
+            train_losses=losses,
+            started=started,
+        )
+        self.history.append(record)
+        if self.on_round is not None:
+            self.on_round(record)
+        metrics = {
+            "accuracy": record.accuracy,
+            "aggregate-accuracy": record.aggregate_accuracy,
+            "train-loss": record.train_loss,
+        }
+        return ArrayRecord(self.state.weights), MetricRecord(metrics)
+
+    def _in_device_order(
+        self, replies: list[Message], sampled: np.ndarray
+    ) -> list[Message]:
+        t = self.state.round_idx + 1
+        for reply in replies:
+            if reply.has_error():
+                device = self.devices.get(reply.metadata.src_node_id)
+                raise RuntimeError(
+                    f"device {device} failed in round {t}: {reply.error.reason}"
+                )
+        by_device = {self.devices[m.metadata.src_node_id]: m for m in replies}
+        if sorted(by_device) != [int(k) for k in sampled]:
+            raise RuntimeError(
+                f"round {t}: devices {list(sampled)} were sampled but "
+                f"{sorted(by_device)} replied"
+            )
+        return [by_device[int(k)] for k in sampled]
+
+
+def find_devices(grid: Grid, num_devices: int, timeout: float) -> dict[int, int]:
+    """Device id -> Flower node id, asking each connected node for its ``partition-id``.
+
+    Waits up to ``timeout`` seconds for ``num_devices`` nodes to connect.
+    """
+    deadline = time.monotonic() + timeout
+    while len(node_ids := sorted(grid.get_node_ids())) < num_devices:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {len(node_ids)} of {num_devices} devices connected "
+                f"within {timeout:g} s"
+            )
+        time.sleep(0.1)
+    queries = [
+        Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
+        for node in node_ids
+    ]
+    nodes = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error():
+            raise RuntimeError(
+                f"node {reply.metadata.src_node_id}: {reply.error.reason}"
+            )
+        nodes[int(reply.content["device"]["device-id"])] = reply.metadata.src_node_id
+    missing = sorted(set(range(num_devices)) - set(nodes))
+    if missing or len(nodes) != len(node_ids):
+        raise RuntimeError(
+            f"nodes must hold distinct partition ids covering 0..{num_devices - 1}; "
+            f"missing {missing}, found {sorted(nodes)}"
+        )
+    return nodes
+
+
+def serve(
+    grid: Grid,
+    setup: Setup,
+    nodes: dict[int, int],
+    *,
+    dataset: str,
+    on_round: OnRound | None = None,
+    model_out: str | Path | None = None,
+    timeout: float = 600.0,
+) -> History:
+    """Run one experiment on ``grid``, device ``k`` being node ``nodes[k]``; returns its
+    history and, if ``model_out`` is set, saves the published model there
+    (:func:`fedlearn_lab.save_model`). ``dataset`` names the data for devices that
+    load it themselves (``"digits"``, ``"synthetic:ALPHA,BETA"``)."""
+    cfg = setup.cfg
+    strategy = ServerAdjustFedAvg(
+        setup, {k: nodes[k] for k in range(cfg.num_devices)}, on_round
+    )
+    train_config = ConfigRecord(
+        {"fed-config": json.dumps(cfg.to_dict()), "dataset": dataset}
+    )
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(strategy.state.weights),
+        num_rounds=cfg.rounds,
+        timeout=timeout,
+        train_config=train_config,
+    )
+    if model_out is not None:
+        model = copy.deepcopy(setup.model)
+        model.load_state_dict(strategy.state.weights)
+        save_model(model, model_out, cfg)
+    return strategy.history
+
+
+def config_from_run_config(run_config: dict[str, Any]) -> FedConfig:
+    """The ``FedConfig`` of a Flower run config: the JSON file at ``config-path`` if
+    set, else the keys that name fields (``num-devices`` for ``num_devices``)."""
+    path = str(run_config.get("config-path", ""))
+    if path:
+        return FedConfig.from_dict(json.loads(Path(path).read_text()))
+    fields = {
+        k.replace("-", "_"): v for k, v in run_config.items() if k not in APP_KEYS
+    }
+    return FedConfig.from_dict(fields)
+
+
+def server_app() -> ServerApp:
+    """The ServerApp of ``flwr run``, set by its run config (see the example app):
+    ``config-path`` or field keys, ``dataset``, and where to write the history as JSON
+    (``out-path``) and the published model (``model-path``)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run = dict(context.run_config)
+        cfg = config_from_run_config(run)
+        dataset = str(run.get("dataset", "digits"))
+        setup = make_setup(cfg, load_dataset(dataset, cfg.seed))
+        nodes = find_devices(grid, cfg.num_devices, timeout=600.0)
+        model_out = str(run.get("model-path", "")) or None
+        history = serve(grid, setup, nodes, dataset=dataset, model_out=model_out)
+        if run.get("out-path"):
+            save_history(history, Path(str(run["out-path"])))
+
+    return app
+
+
+def save_history(history: History, path: Path) -> Path:
+    """Write the records as JSON (``seconds`` included)."""
+    path.write_text(json.dumps([dataclasses.asdict(r) for r in history], indent=1))
+    return path
+
+
+def load_history(path: Path) -> History:
+    """Read what :func:`save_history` wrote."""
+    rows = json.loads(Path(path).read_text())
+    return History([RoundRecord.from_dict(row) for row in rows])
