@@ -25,9 +25,8 @@ from matplotlib.figure import Figure
 from .config import MODELS, PARTITIONS, FedConfig
 from .data import Dataset, load_digits
 from .history import History
-from .partition import label_counts
 from .plots import plot_histories, plot_label_distribution, run_labels
-from .rounds import DivergedError, Federation, make_setup
+from .rounds import DivergedError, Federation
 
 _log = logging.getLogger(__name__)
 
@@ -178,13 +177,11 @@ class Playground(w.VBox):
         """Check the new settings and redraw the heatmap if the partition moved."""
         try:
             cfg = self.config
-            setup = make_setup(cfg, self.data)
+            counts = Federation(cfg, self.data).label_counts()
         except ValueError as err:
             self._show_error(err)
             return
         self._show_error(None)
-        parts = [idx.numpy() for idx in setup.device_indices]
-        counts = label_counts(self.data.y_train.numpy(), parts, self.data.num_classes)
         if self._counts is None or not np.array_equal(counts, self._counts):
             self._counts = counts
             self._draw_heatmap(cfg)
