@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .config import FedConfig
 from .history import History
@@ -108,10 +109,12 @@ def plot_histories(
     ``rounds`` fixes the x-axis to 1..rounds, so a live run grows into a still frame.
     """
     fig, ax = _axes(ax, (6, 3.5))
+    dashed = False
     for i, (label, history) in enumerate(histories.items()):
         color = f"C{i % 10}"  # fixed per position, so a redraw keeps each run's colour
         ax.plot(history.rounds, history.accuracy, color=color, marker=".", label=label)
         if history.aggregate_accuracy != history.accuracy:
+            dashed = True
             ax.plot(
                 history.rounds,
                 history.aggregate_accuracy,
@@ -120,6 +123,7 @@ def plot_histories(
                 alpha=0.6,
             )
     ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if rounds is not None:
         ax.set_xlim(0.5, rounds + 0.5)
     ax.grid(alpha=0.3)
@@ -127,7 +131,25 @@ def plot_histories(
         ax.legend(
             loc="lower right",
             fontsize="small",
-            title="solid: after adjustment, dashed: before",
+            title="solid: after adjustment, dashed: before" if dashed else None,
             title_fontsize="small",
         )
+    return fig
+
+
+def plot_round(
+    local_accuracy: Sequence[float],
+    aggregate_accuracy: float,
+    accuracy: float,
+    ax: Axes | None = None,
+) -> Figure:
+    """One round taken apart: test accuracy of each sampled device's local model, of
+    their FedAvg aggregate, and of the aggregate after the server adjustment."""
+    fig, ax = _axes(ax, (6, 3.5))
+    devices = range(len(local_accuracy))
+    ax.bar(devices, local_accuracy, color="tab:gray", label="local models")
+    ax.axhline(aggregate_accuracy, color="tab:blue", linestyle="--", label="aggregate")
+    ax.axhline(accuracy, color="tab:blue", label="after adjustment")
+    ax.set(xlabel="sampled device", ylabel="test accuracy", ylim=(0, 1), xticks=devices)
+    ax.legend(loc="lower center", ncols=3, fontsize="small")
     return fig

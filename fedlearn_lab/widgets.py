@@ -123,13 +123,16 @@ class Playground(w.VBox):
         for name, control in self.controls.items():
             control.description = name
             control.style = _STYLE
+            control.layout.width = "290px"
             if hasattr(control, "continuous_update"):
                 control.continuous_update = False
             control.observe(self._on_change, names="value")
         self.compare = w.Checkbox(
             value=False,
-            description="compare with plain FedAvg (server_steps=0)",
+            description="compare with plain FedAvg",
             indent=False,
+            style=_STYLE,
+            layout=w.Layout(width="auto"),
         )
         self.run_button = w.Button(
             description="Run", button_style="primary", icon="play"
@@ -141,20 +144,23 @@ class Playground(w.VBox):
         self.clear_button.on_click(lambda _: self.clear())
         self.status = w.Label("ready")
         self.error = w.HTML(layout=w.Layout(min_height="1.5em"))
-        self.curves = _canvas((6.2, 3.6))
-        self.heatmap = _canvas((4.4, 3.6))
+        self.curves = _canvas((5.4, 3.4))
+        self.heatmap = _canvas((3.8, 3.4))
         self._curves_ax = self.curves.figure.add_subplot()
         self.curves.add_class("fedlearn-curves")
         self.heatmap.add_class("fedlearn-heatmap")
 
         groups = [
-            w.VBox([w.HTML(f"<b>{title}</b>"), *(self.controls[n] for n in names)])
+            w.VBox(
+                [w.HTML(f"<b>{title}</b>"), *(self.controls[n] for n in names)],
+                layout=w.Layout(margin="0 1em 0.5em 0"),
+            )
             for title, names in CONTROLS.items()
         ]
         buttons = [self.run_button, self.stop_button, self.clear_button, self.compare]
         super().__init__(
             [
-                w.HBox(groups, layout=w.Layout(flex_flow="row wrap", grid_gap="1em")),
+                w.HBox(groups, layout=w.Layout(flex_flow="row wrap")),
                 w.HBox(buttons, layout=w.Layout(align_items="center")),
                 self.status,
                 self.error,
