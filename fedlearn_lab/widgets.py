@@ -123,7 +123,7 @@ class Playground(w.VBox):
         for name, control in self.controls.items():
             control.description = name
             control.style = _STYLE
-            control.layout.width = "290px"
+            control.layout.width = "265px"
             if hasattr(control, "continuous_update"):
                 control.continuous_update = False
             control.observe(self._on_change, names="value")
@@ -144,16 +144,21 @@ class Playground(w.VBox):
         self.clear_button.on_click(lambda _: self.clear())
         self.status = w.Label("ready")
         self.error = w.HTML(layout=w.Layout(min_height="1.5em"))
-        self.curves = _canvas((5.4, 3.4))
-        self.heatmap = _canvas((3.8, 3.4))
+        self.curves = _canvas((4.7, 3.3))
+        self.heatmap = _canvas((3.5, 3.3))
         self._curves_ax = self.curves.figure.add_subplot()
-        self.curves.add_class("fedlearn-curves")
-        self.heatmap.add_class("fedlearn-heatmap")
+        for widget, name in [
+            (self.status, "status"),
+            (self.error, "error"),
+            (self.curves, "curves"),
+            (self.heatmap, "heatmap"),
+        ]:
+            widget.add_class(f"fedlearn-{name}")  # stable selectors for browser tests
 
         groups = [
             w.VBox(
                 [w.HTML(f"<b>{title}</b>"), *(self.controls[n] for n in names)],
-                layout=w.Layout(margin="0 1em 0.5em 0"),
+                layout=w.Layout(margin="0 0.8em 0.5em 0"),
             )
             for title, names in CONTROLS.items()
         ]
@@ -169,6 +174,7 @@ class Playground(w.VBox):
                 ),
             ]
         )
+        self.add_class("fedlearn-playground")
         self._draw_curves()
         self._on_change()
 
