@@ -28,7 +28,7 @@ from .history import History
 from .plots import plot_histories, plot_label_distribution, run_labels
 from .rounds import DivergedError, Federation
 
-_log = logging.getLogger(__name__)
+_logger = logging.getLogger(__name__)
 
 _STYLE = {"description_width": "initial"}
 _SKEWS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)
@@ -248,10 +248,9 @@ class Playground(w.VBox):
         try:
             while await asyncio.to_thread(self._round, feds):
                 self._show_progress()
-        except (
-            Exception
-        ) as err:  # shown in the panel; a callback has no caller to raise to
-            _log.exception("playground run failed")
+        # Anything that goes wrong is shown in the panel: a callback has no caller.
+        except Exception as err:
+            _logger.exception("playground run failed")
             self._show_error(err if isinstance(err, DivergedError) else repr(err))
         finally:
             self._finish(feds)
@@ -354,9 +353,11 @@ class Playground(w.VBox):
         fig.clear()
         ax = fig.add_subplot()
         plot_label_distribution(self._counts, ax)
+        skew = (
+            f", skew={cfg.skew:g}" if cfg.partition in ("dirichlet", "shards") else ""
+        )
         ax.set_title(
-            f"{cfg.partition}, skew={cfg.skew:g}, {cfg.num_devices} devices",
-            fontsize="medium",
+            f"{cfg.partition}{skew}, {cfg.num_devices} devices", fontsize="medium"
         )
         self.heatmap.draw_idle()
 

@@ -2,6 +2,8 @@
 
 import asyncio
 import dataclasses
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -220,3 +222,24 @@ def test_run_while_running_is_refused(data):
             await asyncio.sleep(0.005)
 
     asyncio.run(asyncio.wait_for(run_twice(), timeout=60))
+
+
+def test_background_run_shows_divergence_in_the_panel(data):
+    pg = widgets.Playground(data, **{**SMALL, "local_lr": 1e10})
+
+    async def click_run():
+        pg.run_button.click()
+        while pg.running:
+            await asyncio.sleep(0.005)
+
+    asyncio.run(asyncio.wait_for(click_run(), timeout=60))
+    assert "diverged" in pg.error.value and "stopped" in pg.status.value
+
+
+def test_widgets_module_loads_on_first_use():
+    code = (
+        "import sys, fedlearn_lab as fl\n"
+        "assert 'ipywidgets' not in sys.modules\n"
+        "assert fl.widgets.Playground.__name__ == 'Playground'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
