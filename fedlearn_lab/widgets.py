@@ -9,6 +9,7 @@ one round at a time, so the kernel keeps serving Stop clicks and the live figure
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import warnings
@@ -245,15 +246,31 @@ class Playground(w.VBox):
             self._task = loop.create_task(self._run_in_background(feds))
 
     async def _run_in_background(self, feds: list[Federation]) -> None:
+        drawn = asyncio.Event()
+        listener = self.curves.mpl_connect("draw_event", lambda _: drawn.set())
         try:
             while await asyncio.to_thread(self._round, feds):
+                await self._frame_shown(drawn)
                 self._show_progress()
         # Anything that goes wrong is shown in the panel: a callback has no caller.
         except Exception as err:
             _logger.exception("playground run failed")
             self._show_error(err if isinstance(err, DivergedError) else repr(err))
         finally:
+            self.curves.mpl_disconnect(listener)
             self._finish(feds)
+
+    async def _frame_shown(self, drawn: asyncio.Event) -> None:
+        """Wait until the browser asked for the last frame, so each round gets one.
+
+        The next round trains meanwhile; without a browser view there is no wait, and
+        a view that never asks costs at most half a second per round.
+        """
+        if self.curves.syncing_data_url:  # no front-end has opened the canvas
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(drawn.wait(), timeout=0.5)
+        drawn.clear()
 
     def stop(self) -> None:
         """End the run after the round in progress; what it computed stays."""

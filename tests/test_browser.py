@@ -207,6 +207,7 @@ def run_with_new_settings(page, shot: str) -> None:
     set_slider(page, "participation", "0.5")
     set_slider(page, "server_steps", "10")
     before = draws(page)
+    started = time.monotonic()
     button(page, "Run").click()
     page.wait_for_function(
         "() => !/done/.test(document.querySelector('.fedlearn-status').innerText)"
@@ -219,6 +220,7 @@ def run_with_new_settings(page, shot: str) -> None:
                 page.screenshot(path=ARTIFACTS / f"{shot}-mid.png")
         assert time.monotonic() < deadline, f"no end of run, status {text!r}"
         page.wait_for_timeout(50)
+    seconds = time.monotonic() - started
     page.wait_for_timeout(1000)  # the last frame
     after = draws(page)
     page.screenshot(path=ARTIFACTS / f"{shot}-after.png")
@@ -228,9 +230,12 @@ def run_with_new_settings(page, shot: str) -> None:
     # The settings reached the kernel: it labels the run by what differed.
     assert text.startswith(f"round {ROUNDS}/{ROUNDS} done")
     assert "participation=0.5, server_steps=10" in text
-    # One frame per round at least (ipympl paints each image it gets from the kernel
-    # once onto the visible canvas; draw requests made while one is in flight merge).
+    # One frame per round at least: the playground waits for the browser's request
+    # for each frame before drawing the next round (ipympl paints each image it gets
+    # from the kernel once onto the visible canvas).
     frames = after["curves"] - before["curves"]
+    record = dict(run_seconds=round(seconds, 1), frames=frames, rounds_seen=len(seen))
+    (ARTIFACTS / f"{shot}-run.json").write_text(json.dumps(record))
     assert frames >= ROUNDS, f"{frames} frames for {ROUNDS} rounds"
     assert after["heatmap"] == before["heatmap"]  # the partition did not change
 

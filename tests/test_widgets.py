@@ -243,3 +243,26 @@ def test_widgets_module_loads_on_first_use():
         "assert fl.widgets.Playground.__name__ == 'Playground'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_background_run_gives_a_watching_browser_one_frame_per_round(pg, monkeypatch):
+    pg.curves.syncing_data_url = False  # as once a browser view has opened the canvas
+    frames = []  # points on the curve in each frame the "browser" rendered
+
+    def render():
+        pg.curves.draw()  # what ipympl does on the browser's draw request
+        frames.append(len(lines(pg)[0][0]))
+
+    def draw_idle():  # the browser asks for the frame a little later
+        asyncio.get_running_loop().call_later(0.03, render)
+
+    monkeypatch.setattr(pg.curves, "draw_idle", draw_idle)
+
+    async def click_run():
+        pg.run_button.click()
+        while pg.running:
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.1)
+
+    asyncio.run(asyncio.wait_for(click_run(), timeout=60))
+    assert frames[:5] == [0, 1, 2, 3, 4]  # no round skipped, none shown twice
