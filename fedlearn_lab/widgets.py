@@ -22,6 +22,7 @@ import ipywidgets as w
 import numpy as np
 from ipympl.backend_nbagg import Canvas, FigureManager
 from matplotlib.figure import Figure
+from traitlets import Bool
 
 from .config import MODELS, PARTITIONS, FedConfig
 from .data import Dataset, load_digits
@@ -379,14 +380,21 @@ class Playground(w.VBox):
         self.heatmap.draw_idle()
 
 
+class _Canvas(Canvas):
+    """ipympl's canvas as a plain picture: no header, footer, toolbar or resize handle
+    (set as defaults, so the browser never draws them before an update arrives)."""
+
+    header_visible = Bool(False).tag(sync=True)
+    footer_visible = Bool(False).tag(sync=True)
+    toolbar_visible = Bool(False).tag(sync=True)
+    resizable = Bool(False).tag(sync=True)
+
+
 def _canvas(figsize: tuple[float, float]) -> Canvas:
     """An ipympl canvas widget for a new figure, whatever pyplot's backend is."""
-    fig = Figure(figsize=figsize, dpi=100, layout="constrained")
-    canvas = Canvas(fig)
+    canvas = _Canvas(Figure(figsize=figsize, dpi=100, layout="constrained"))
     with warnings.catch_warnings():  # ipympl's Toolbar trips a traitlets deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
         FigureManager(canvas, 0)
-    canvas.header_visible = canvas.footer_visible = False
-    canvas.toolbar_visible = False
-    canvas.resizable = False
+    canvas.layout.flex = "0 0 auto"  # as wide as the figure, not the row
     return canvas
