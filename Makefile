@@ -8,7 +8,7 @@ TORCH ?= torch==2.13.0
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: setup lab run test test-fast bench lint clean
+.PHONY: setup lab run test test-fast bench lint notebooks voila clean
 
 setup: $(STAMP)
 
@@ -25,19 +25,29 @@ $(STAMP): pyproject.toml
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium
 
 lab: $(STAMP)
-	$(PY) -m fedlearn_lab --out runs/latest
+	$(VENV)/bin/jupyter lab notebooks/04_playground.ipynb --ServerApp.ip=127.0.0.1 $(ROOT_FLAG)
 
 run: $(STAMP)
 	$(PY) -m fedlearn_lab --out runs/latest
 
+# Unit tests, the lessons under nbval (their CHECK_OUTPUT cells and asserts), and the
+# real-browser test of the playground (JupyterLab + Chromium, marker `browser`).
 test: $(STAMP) /usr/bin/chromium
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -m "not slow and not browser"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_rounds.py
+
+# Re-execute the lessons in place after changing them or the package.
+notebooks: $(STAMP)
+	$(PY) notebooks/refresh.py
+
+# The playground as a standalone page (no code cells), on http://127.0.0.1:8866
+voila: $(STAMP)
+	$(VENV)/bin/voila notebooks/04_playground.ipynb --no-browser --Voila.ip=127.0.0.1
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fedlearn_lab tests benchmarks

@@ -3,13 +3,16 @@ the Figure; nothing here calls ``show()``."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from .config import FedConfig
 from .history import History
 
 
@@ -138,4 +141,82 @@ def plot_feddu(history: History, ax: Axes | None = None) -> Figure:
     more = steps_ax.get_legend_handles_labels()
     handles, labels = (a + b for a, b in zip(lines, more, strict=True))
     ax.legend(handles, labels, loc="upper right", fontsize="small")
+    return fig
+
+
+def run_labels(configs: Sequence[FedConfig]) -> list[str]:
+    """Short legend labels: the fields in which the configs differ (for one config,
+    the fields it changes from the defaults), e.g. ``"server_steps=0"``."""
+    if not configs:
+        return []
+    first = configs[0]
+    varying = set().union(*(c.differences(first) for c in configs))
+    if not varying:
+        varying = set(first.differences(FedConfig()))
+    names = [f.name for f in dataclasses.fields(FedConfig) if f.name in varying]
+    return [
+        ", ".join(f"{n}={_short(getattr(c, n))}" for n in names) or "defaults"
+        for c in configs
+    ]
+
+
+def _short(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def plot_histories(
+    histories: Mapping[str, History],
+    ax: Axes | None = None,
+    *,
+    rounds: int | None = None,
+) -> Figure:
+    """Several runs on one axes, one colour each: test accuracy after the server
+    adjustment (solid) and of the aggregation model before it (dashed, if different).
+
+    ``rounds`` fixes the x-axis to 1..rounds, so a live run grows into a still frame.
+    """
+    fig, ax = _axes(ax, (6, 3.5))
+    dashed = False
+    for i, (label, history) in enumerate(histories.items()):
+        color = f"C{i % 10}"  # fixed per position, so a redraw keeps each run's colour
+        ax.plot(history.rounds, history.accuracy, color=color, marker=".", label=label)
+        if history.aggregate_accuracy != history.accuracy:
+            dashed = True
+            ax.plot(
+                history.rounds,
+                history.aggregate_accuracy,
+                color=color,
+                linestyle="--",
+                alpha=0.6,
+            )
+    ax.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rounds is not None:
+        ax.set_xlim(0.5, rounds + 0.5)
+    ax.grid(alpha=0.3)
+    if histories:
+        ax.legend(
+            loc="lower right",
+            fontsize="small",
+            title="solid: after adjustment, dashed: before" if dashed else None,
+            title_fontsize="small",
+        )
+    return fig
+
+
+def plot_round(
+    local_accuracy: Sequence[float],
+    aggregate_accuracy: float,
+    accuracy: float,
+    ax: Axes | None = None,
+) -> Figure:
+    """One round taken apart: test accuracy of each sampled device's local model, of
+    their FedAvg aggregate, and of the aggregate after the server adjustment."""
+    fig, ax = _axes(ax, (6, 3.5))
+    devices = range(len(local_accuracy))
+    ax.bar(devices, local_accuracy, color="tab:gray", label="local models")
+    ax.axhline(aggregate_accuracy, color="tab:blue", linestyle="--", label="aggregate")
+    ax.axhline(accuracy, color="tab:blue", label="after adjustment")
+    ax.set(xlabel="sampled device", ylabel="test accuracy", ylim=(0, 1), xticks=devices)
+    ax.legend(loc="lower center", ncols=3, fontsize="small")
     return fig

@@ -29,7 +29,7 @@ from .methods import SampledInfo, device_data, method_cost, server_device, serve
 from .metrics import evaluate, per_device_accuracy
 from .models import make_model
 from .momentum import momentum_step
-from .partition import partition_devices, shared_split
+from .partition import label_counts, partition_devices, shared_split
 from .sampling import sample_devices
 from .seeding import numpy_rng, torch_generator
 from .weights import Weights, clone
@@ -411,6 +411,11 @@ class Federation:
             self.data.y_train,
             self.device_indices,
         )
+
+    def label_counts(self) -> np.ndarray:
+        """Samples of each class on each device, shape (num_devices, num_classes)."""
+        parts = [idx.numpy() for idx in self.device_indices]
+        return label_counts(self.data.y_train.numpy(), parts, self.data.num_classes)
 
     def __repr__(self) -> str:
         return (
