@@ -24,7 +24,7 @@ from ipympl.backend_nbagg import Canvas, FigureManager
 from matplotlib.figure import Figure
 from traitlets import Bool
 
-from .config import MODELS, PARTITIONS, FedConfig
+from .config import AGGREGATORS, MODELS, PARTITIONS, SERVER_SCHEDULES, SHARED_USES, FedConfig
 from .data import Dataset, load_digits
 from .history import History
 from .plots import plot_histories, plot_label_distribution, run_labels
@@ -83,8 +83,11 @@ CONTROLS: dict[str, dict[str, Callable[[Any], w.ValueWidget]]] = {
     },
     "server adjustment": {
         "shared_fraction": _float(0.0, 0.5, 0.01),
+        "shared_use": _choice(SHARED_USES),
+        "server_schedule": _choice(SERVER_SCHEDULES),
         "server_steps": _int(0, 50),
         "server_lr": _log(-3, 0.5),
+        "aggregator": _choice(AGGREGATORS),
     },
 }
 

@@ -136,7 +136,7 @@ def test_setup_errors_reach_the_panel_too(pg):
 
 
 def test_divergence_is_shown_and_the_run_ends(data):
-    pg = widgets.Playground(data, **{**SMALL, "local_lr": 1e10})
+    pg = widgets.Playground(data, **{**SMALL, "local_lr": 1e30})
     pg.run()
     assert "diverged" in pg.error.value
     assert len(pg.history) == 0 and "stopped" in pg.status.value
@@ -225,7 +225,7 @@ def test_run_while_running_is_refused(data):
 
 
 def test_background_run_shows_divergence_in_the_panel(data):
-    pg = widgets.Playground(data, **{**SMALL, "local_lr": 1e10})
+    pg = widgets.Playground(data, **{**SMALL, "local_lr": 1e30})
 
     async def click_run():
         pg.run_button.click()
