@@ -23,10 +23,11 @@ from .aggregation import AGGREGATORS
 from .config import FedConfig
 from .cost import forward_macs
 from .data import Dataset, load_digits
+from .engines import ENGINES
 from .feddu import js_divergence, label_distribution
 from .history import History, RoundRecord
 from .methods import SampledInfo, device_data, method_cost, server_device, server_update
-from .metrics import evaluate, per_device_accuracy
+from .metrics import per_device_accuracy
 from .models import make_model
 from .momentum import momentum_step
 from .partition import label_counts, partition_devices, shared_split
@@ -185,12 +186,9 @@ def finish_round(
     adjusted = update.weights
     if cfg.server_momentum == "feddum" and adjusted is not aggregated:
         adjusted, momentum = _momentum(cfg, aggregated, adjusted, momentum)
-    agg_acc, agg_loss = evaluate(model, aggregated, data.x_test, data.y_test)
-    acc, loss = (
-        (agg_acc, agg_loss)
-        if adjusted is aggregated
-        else evaluate(model, adjusted, data.x_test, data.y_test)
-    )
+    models = [aggregated] if adjusted is aggregated else [aggregated, adjusted]
+    scores = ENGINES[cfg.engine].evaluate(model, models, data.x_test, data.y_test)
+    (agg_acc, agg_loss), (acc, loss) = scores[0], scores[-1]
     train_loss = train_losses[kept].mean().item() if kept else math.nan
     _check_finite(t, cfg, loss=loss)
     rejected = {int(returned[i]): r for i, r in enumerate(reasons) if r is not None}
@@ -262,6 +260,7 @@ def _local_updates(
         lr=cfg.local_lr,
         batch_size=cfg.batch_size,
         generator=torch_generator(cfg.seed, "local", t),
+        engine=cfg.engine,
     )
     generator = torch_generator(cfg.seed, "attack", t)
     attack = {"attack": cfg.attack, "strength": cfg.attack_strength}
