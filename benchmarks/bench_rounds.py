@@ -26,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 STARTED = time.perf_counter()  # a worker's "e2e s" counts from here, imports included
 WORKLOADS = {  # name: label in the table
@@ -142,8 +143,11 @@ def worker(
 
 
 def _flower_ready() -> bool:
-    found = importlib.util.find_spec
-    return found("flwr") is not None and found("fedlearn_lab.flower") is not None
+    """flwr is installed, and this checkout has fedlearn_lab.flower."""
+    import fedlearn_lab
+
+    flower = Path(fedlearn_lab.__file__).parent / "flower"
+    return importlib.util.find_spec("flwr") is not None and flower.is_dir()
 
 
 def _rss() -> dict:

@@ -24,7 +24,7 @@ import torch
 
 from .config import FedConfig
 from .seeding import numpy_rng
-from .weights import Weights
+from .weights import Weights, stack
 
 SPEED_SIGMA = 0.5
 
@@ -60,6 +60,14 @@ def arrivals(
 def validate_update(update: object, reference: Weights) -> str | None:
     """Why ``update`` cannot be aggregated with ``reference`` (the global weights), or
     None if it can: ``"keys"``, ``"shape"``, ``"dtype"`` or ``"non-finite"``."""
+    reason = _form(update, reference)
+    if reason is None and not all(bool(v.isfinite().all()) for v in update.values()):
+        return "non-finite"
+    return reason
+
+
+def _form(update: object, reference: Weights) -> str | None:
+    """:func:`validate_update` without the finiteness check."""
     if not isinstance(update, dict) or update.keys() != reference.keys():
         return "keys"
     for name, ref in reference.items():
@@ -68,8 +76,6 @@ def validate_update(update: object, reference: Weights) -> str | None:
             return "shape"
         if value.dtype != ref.dtype:
             return "dtype"
-    if not all(bool(torch.isfinite(v).all()) for v in update.values()):
-        return "non-finite"
     return None
 
 
@@ -94,11 +100,24 @@ def screen_updates(
     default config; lower it to catch boosted updates. Never raises on a malformed
     update.
     """
-    reasons = [validate_update(u, reference) for u in updates]
+    reasons = [_form(u, reference) for u in updates]
+    formed = [i for i, r in enumerate(reasons) if r is None]
+    if not formed:
+        return reasons
+    # All well-formed updates at once: update by update, these checks would cost
+    # more than the vectorized engine's whole local training.
+    stacked = stack([updates[i] for i in formed])  # type: ignore[misc]
+    finite = torch.stack([v.isfinite().flatten(1).all(1) for v in stacked.values()])
+    for i, ok in zip(formed, finite.all(0).tolist(), strict=True):
+        reasons[i] = None if ok else "non-finite"
     if max_norm_ratio is None:
         return reasons
-    ok = [i for i, r in enumerate(reasons) if r is None]
-    norms = {i: delta_norm(updates[i], reference) for i in ok}  # type: ignore[arg-type]
+    squares = [
+        (v.double() - reference[k].double()).square().flatten(1).sum(1)
+        for k, v in stacked.items()
+    ]
+    norms = dict(zip(formed, torch.stack(squares).sum(0).sqrt().tolist(), strict=True))
+    norms = {i: norm for i, norm in norms.items() if reasons[i] is None}
     if not norms:
         return reasons
     limit = max_norm_ratio * float(np.median(list(norms.values())))

@@ -81,6 +81,11 @@ class Setup:
         return self.divergence(shared) if len(shared) else None
 
     @cached_property
+    def device_sizes(self) -> list[int]:
+        """Each device's number of training samples."""
+        return [len(idx) for idx in self.device_indices]
+
+    @cached_property
     def macs(self) -> int:
         """Multiply-accumulates of one forward pass on one sample (see cost.py)."""
         return forward_macs(self.model, self.data.input_shape)
@@ -136,8 +141,7 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     started = time.perf_counter()
     t = state.round_idx + 1
     sampled = sample_devices(cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t))
-    sizes = [len(idx) for idx in setup.device_indices]
-    returned, lost = faults.arrivals(sampled, sizes, cfg, t)
+    returned, lost = faults.arrivals(sampled, setup.device_sizes, cfg, t)
     updates, train_losses = _local_updates(state, setup, returned, t)
     return finish_round(
         state,
@@ -175,7 +179,7 @@ def finish_round(
     reasons = faults.screen_updates(updates, state.weights, max_norm_ratio=cfg.max_norm_ratio)
     _check_updates(t, cfg, reasons)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
-    trained = [len(idx) for idx in device_data(setup, returned)]
+    trained = [idx.shape[0] for idx in device_data(setup, returned)]
     pairs = [(updates[i], trained[i]) for i in kept]
     hybrid, hybrid_flops = server_device(state, setup, t)
     everyone = pairs + hybrid

@@ -1,12 +1,13 @@
 """The vectorized engine computes what the reference per-device loop computes."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 import fedlearn_lab as fl
-from fedlearn_lab import local, metrics, vectorized
+from fedlearn_lab import faults, local, metrics, vectorized
 from fedlearn_lab.models import make_model
 from fedlearn_lab.weights import stack
 
@@ -174,3 +175,49 @@ def test_engine_must_be_known():
     with pytest.raises(ValueError, match="engine must be one of 'vectorized', 'ref"):
         fl.FedConfig(engine="gpu")
     assert fl.FedConfig().engine == "vectorized"
+
+
+def _screen_one_by_one(updates, reference, ratio):
+    """faults.screen_updates as the definition reads: update by update."""
+    reasons = [faults.validate_update(u, reference) for u in updates]
+    norms = {
+        i: faults.delta_norm(u, reference)
+        for i, u in enumerate(updates)
+        if reasons[i] is None
+    }
+    if ratio is not None and norms:
+        limit = ratio * float(np.median(list(norms.values())))
+        reasons = [
+            "norm" if i in norms and not norms[i] <= limit else r
+            for i, r in enumerate(reasons)
+        ]
+    return reasons
+
+
+_VALUES = st.sampled_from([0.0, 1.0, -2.0, 1e3, 1e30, 3e38, float("nan"), float("inf")])
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(_VALUES, _VALUES),  # a well-formed update: (weight, bias) fill
+            st.sampled_from(["shape", "dtype", "keys"]),
+        ),
+        max_size=7,
+    ),
+    st.sampled_from([None, 1.0, 2.0, 100.0]),
+)
+def test_screening_all_updates_at_once_equals_one_by_one(specs, ratio):
+    reference = {"fc.weight": torch.ones(3, 4), "fc.bias": torch.zeros(3)}
+    broken = {
+        "shape": {"fc.weight": torch.ones(4, 3), "fc.bias": torch.zeros(3)},
+        "dtype": {"fc.weight": torch.ones(3, 4).double(), "fc.bias": torch.zeros(3)},
+        "keys": {"fc.weight": torch.ones(3, 4)},
+    }
+    updates = [
+        broken[s] if isinstance(s, str)
+        else {"fc.weight": torch.full((3, 4), s[0]), "fc.bias": torch.full((3,), s[1])}
+        for s in specs
+    ]  # fmt: skip
+    expected = _screen_one_by_one(updates, reference, ratio)
+    assert faults.screen_updates(updates, reference, max_norm_ratio=ratio) == expected
