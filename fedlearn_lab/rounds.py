@@ -244,10 +244,12 @@ def _local_updates(
     cfg, data = setup.cfg, setup.data
     if len(returned) == 0:
         return [], torch.zeros(0)
-    malicious = attacks.malicious_devices(
-        cfg.num_devices, cfg.malicious_fraction, numpy_rng(cfg.seed, "malicious")
-    )
-    bad = np.isin(returned, malicious)
+    bad = np.zeros(len(returned), dtype=bool)
+    if cfg.malicious_fraction > 0:
+        malicious = attacks.malicious_devices(
+            cfg.num_devices, cfg.malicious_fraction, numpy_rng(cfg.seed, "malicious")
+        )
+        bad = np.isin(returned, malicious)
     own = [setup.device_indices[k] for k in returned]
     y = data.y_train
     if cfg.attack == "label_flip" and bad.any():
@@ -266,6 +268,8 @@ def _local_updates(
         generator=torch_generator(cfg.seed, "local", t),
         engine=cfg.engine,
     )
+    if not bad.any():
+        return local_weights, train_losses
     generator = torch_generator(cfg.seed, "attack", t)
     attack = {"attack": cfg.attack, "strength": cfg.attack_strength}
     updates = [
