@@ -27,6 +27,7 @@ from .seeding import numpy_rng
 from .weights import Weights, stack
 
 SPEED_SIGMA = 0.5
+_GROUP_BYTES = 4 << 20  # see _finite_and_norms
 
 
 def device_times(sizes: Sequence[int], rng: np.random.Generator) -> np.ndarray:
@@ -102,22 +103,12 @@ def screen_updates(
     """
     reasons = [_form(u, reference) for u in updates]
     formed = [i for i, r in enumerate(reasons) if r is None]
-    if not formed:
-        return reasons
-    # All well-formed updates at once: update by update, these checks would cost
-    # more than the vectorized engine's whole local training.
-    stacked = stack([updates[i] for i in formed])  # type: ignore[misc]
-    finite = torch.stack([_finite_rows(v) for v in stacked.values()])
-    for i, ok in zip(formed, finite.all(0).tolist(), strict=True):
+    finite, norms = _finite_and_norms([updates[i] for i in formed], reference)
+    for i, ok in zip(formed, finite, strict=True):
         reasons[i] = None if ok else "non-finite"
     if max_norm_ratio is None:
         return reasons
-    squares = [  # delta_norm's arithmetic, in place
-        v.double().sub_(reference[k]).square_().flatten(1).sum(1)
-        for k, v in stacked.items()
-    ]
-    norms = dict(zip(formed, torch.stack(squares).sum(0).sqrt().tolist(), strict=True))
-    norms = {i: norm for i, norm in norms.items() if reasons[i] is None}
+    norms = {i: n for i, n in zip(formed, norms, strict=True) if reasons[i] is None}
     if not norms:
         return reasons
     limit = max_norm_ratio * float(np.median(list(norms.values())))
@@ -125,6 +116,29 @@ def screen_updates(
         if not norm <= limit:  # also catches a norm that overflowed to inf
             reasons[i] = "norm"
     return reasons
+
+
+def _finite_and_norms(
+    updates: Sequence[Weights], reference: Weights
+) -> tuple[list[bool], list[float]]:
+    """Whether each well-formed update is finite, and its :func:`delta_norm`.
+
+    Computed for many updates at once (one by one, these checks would cost more than
+    the vectorized engine's local training), in groups of a few MiB of float64.
+    """
+    finite, norms = [], []
+    row_bytes = 8 * sum(v.numel() for v in reference.values())
+    size = max(1, _GROUP_BYTES // row_bytes)
+    for start in range(0, len(updates), size):
+        stacked = stack(updates[start : start + size])
+        rows = torch.stack([_finite_rows(v) for v in stacked.values()])
+        finite += rows.all(0).tolist()
+        squares = [  # delta_norm's arithmetic, in place
+            v.double().sub_(reference[k]).square_().flatten(1).sum(1)
+            for k, v in stacked.items()
+        ]
+        norms += torch.stack(squares).sum(0).sqrt().tolist()
+    return finite, norms
 
 
 def _finite_rows(v: torch.Tensor) -> torch.Tensor:

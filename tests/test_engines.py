@@ -1,5 +1,7 @@
 """The vectorized engine computes what the reference per-device loop computes."""
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -220,4 +222,7 @@ def test_screening_all_updates_at_once_equals_one_by_one(specs, ratio):
         for s in specs
     ]  # fmt: skip
     expected = _screen_one_by_one(updates, reference, ratio)
-    assert faults.screen_updates(updates, reference, max_norm_ratio=ratio) == expected
+    screen = faults.screen_updates
+    assert screen(updates, reference, max_norm_ratio=ratio) == expected
+    with mock.patch.object(faults, "_GROUP_BYTES", 2 * 8 * 15):  # groups of 2 updates
+        assert screen(updates, reference, max_norm_ratio=ratio) == expected
