@@ -1,6 +1,7 @@
 """Time federated rounds: the reference per-device loop against the vectorized engine.
 
     python benchmarks/bench_rounds.py [--repeats 5] [--threads 1] [--quick]
+    python benchmarks/bench_rounds.py --profile W   # where the time goes
 
 Workload W (issue 3): scikit-learn digits over 100 devices (Dirichlet alpha = 0.5),
 10 devices per round, 1 local epoch of SGD (lr 0.05, batch 16), MLP 64-64-10, FedAvg,
@@ -9,11 +10,12 @@ then 5 server steps (batch 32, lr 0.05) on a 5% class-balanced shared dataset;
 blobs, 60,000 x 784, over 1,000 devices, 10% per round), and the default playground
 run ``fl.run(fl.FedConfig())`` (import excluded).
 
-Every variant runs in a fresh subprocess, so its peak RSS is its own. ms/round is
-the median wall-clock time of a round over ``--repeats`` runs of 30 rounds after
-one warm-up run; "30 rounds s" is that warm-up run: setup plus 30 rounds, imports
-and data loading excluded. All rows come from one invocation: compare ratios, not
-absolute times, on a shared machine.
+Every variant runs in a fresh subprocess, so its peak RSS is its own. After one
+warm-up run, ``--repeats`` runs of 30 rounds are timed: ms/round is the median
+round (wall clock, and CPU time of this process), "run s" the median run (setup
+plus 30 rounds; imports and data loading excluded); "e2e s" is the warm-up run
+counted from the start of the process, imports included. All rows come from one
+invocation: on a shared machine, compare ratios, not absolute times.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 STARTED = time.perf_counter()  # a worker's "e2e s" counts from here, imports included
 WORKLOADS = {  # name: label in the table
@@ -83,28 +86,39 @@ def _data(workload: str, quick: bool):
     return fl.from_arrays(x, y, test_fraction=1 / 7, name="blobs")
 
 
-def _timed_run(fl, cfg, data) -> tuple[list[float], list[float], float]:
-    """Wall-clock and CPU seconds of each round, and the final accuracy, of one
-    fresh run."""
+class Run(NamedTuple):
+    """One run of all rounds: seconds per round (wall clock and CPU), the seconds of
+    the whole run (setup included), and the final accuracy."""
+
+    wall: list[float]
+    cpu: list[float]
+    seconds: float
+    accuracy: float
+
+
+def _timed_run(fl, cfg, data) -> Run:
+    start = time.perf_counter()
     fed = fl.Federation(cfg, data)
     wall, cpu = [], []
     for _ in range(cfg.rounds):
-        start, start_cpu = time.perf_counter(), time.process_time()
+        round_start, cpu_start = time.perf_counter(), time.process_time()
         fed.step()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return wall, cpu, fed.history[-1].accuracy
+        wall.append(time.perf_counter() - round_start)
+        cpu.append(time.process_time() - cpu_start)
+    return Run(wall, cpu, time.perf_counter() - start, fed.history[-1].accuracy)
 
 
-def _run_flower(fl, cfg, data) -> tuple[list[float], list[float], float]:
+def _run_flower(fl, cfg, data) -> Run:
     """HOOK(flower): the same workload on Flower's Simulation Engine (Ray), through
     ``fedlearn_lab.flower``; its first round waits for Ray to start. Flower's work
     runs in other processes, so its CPU time per round is not measured (NaN)."""
     from fedlearn_lab.flower.simulation import run_simulation
 
+    start = time.perf_counter()
     history = run_simulation(cfg, data)
     wall = [r.seconds for r in history]
-    return wall, [float("nan")] * len(wall), history[-1].accuracy
+    seconds = time.perf_counter() - start
+    return Run(wall, [float("nan")] * len(wall), seconds, history[-1].accuracy)
 
 
 def worker(
@@ -124,22 +138,38 @@ def worker(
     data = _data(workload, quick)
     cfg = _config(workload, variant if variant in ENGINES else "vectorized", quick)
     run = _run_flower if variant == "flower" else _timed_run
-    start = time.perf_counter()
-    warmup, warmup_cpu, accuracy = run(fl, cfg, data)
-    end = time.perf_counter()
+    warmup = run(fl, cfg, data)
+    e2e = time.perf_counter() - STARTED
     repeats = 0 if variant == "flower" else repeats  # each Flower run restarts Ray
-    runs = [run(fl, cfg, data) for _ in range(repeats)]
-    wall = [s for r in runs for s in r[0]] or warmup[1:]
-    cpu = [s for r in runs for s in r[1]] or warmup_cpu[1:]
+    runs = [run(fl, cfg, data) for _ in range(repeats)] or [warmup]
     return {
-        "ms_per_round": 1e3 * statistics.median(wall),
-        "cpu_ms_per_round": 1e3 * statistics.median(cpu),
-        "first_round_ms": 1e3 * warmup[0],
-        "run_s": end - start,
-        "e2e_s": end - STARTED,
-        "accuracy": accuracy,
+        "ms_per_round": 1e3 * statistics.median(s for r in runs for s in r.wall),
+        "cpu_ms_per_round": 1e3 * statistics.median(s for r in runs for s in r.cpu),
+        "first_round_ms": 1e3 * warmup.wall[0],
+        "run_s": statistics.median(r.seconds for r in runs),
+        "e2e_s": e2e,
+        "accuracy": warmup.accuracy,
         **_rss(),
     }
+
+
+def profile(workload: str, threads: int, quick: bool) -> None:
+    """Print where a vectorized run of ``workload`` spends its CPU time."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    import fedlearn_lab as fl
+
+    torch.set_num_threads(threads)
+    data, cfg = _data(workload, quick), _config(workload, "vectorized", quick)
+    _timed_run(fl, cfg, data)  # warm up
+    profiler = cProfile.Profile(time.process_time)
+    profiler.runcall(_timed_run, fl, cfg, data)
+    stats = pstats.Stats(profiler).sort_stats("cumulative")
+    print(f"CPU profile of one vectorized run of {workload} ({cfg.rounds} rounds):")
+    stats.print_stats(r"fedlearn_lab/(?!__init__)", 25)
 
 
 def _flower_ready() -> bool:
@@ -170,10 +200,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="5 rounds, less data")
+    parser.add_argument(
+        "--profile", choices=[w for w in WORKLOADS if w != "default"],
+        help="instead of the table, profile the vectorized engine on one workload",
+    )  # fmt: skip
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.repeats, args.threads, args.quick)))
+        return
+    if args.profile:
+        profile(args.profile, args.threads, args.quick)
         return
 
     variants = list(ENGINES)
