@@ -14,7 +14,8 @@ Every variant runs in a fresh subprocess, so its peak RSS is its own. After one
 warm-up run, ``--repeats`` runs of 30 rounds are timed: ms/round is the median
 round (wall clock, and CPU time of this process), "run s" the median run (setup
 plus 30 rounds; imports and data loading excluded); "e2e s" is the warm-up run
-counted from the start of the process, imports included. All rows come from one
+counted from the start of the process, imports included. Peak RSS is the
+process's own (for Flower, without its Ray workers). All rows come from one
 invocation: on a shared machine, compare ratios, not absolute times.
 """
 
@@ -245,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"Flower / vectorized on W: per round "
             f"{flower['ms_per_round'] / vec['ms_per_round']:.0f}x, "
-            f"end to end {flower['e2e_s'] / vec['e2e_s']:.0f}x"
+            f"run {flower['run_s'] / vec['run_s']:.0f}x, "
+            f"end to end with imports {flower['e2e_s'] / vec['e2e_s']:.0f}x"
         )
 
 
