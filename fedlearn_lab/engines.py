@@ -2,7 +2,9 @@
 
 ``"reference"`` is the plain loop: one device, one SGD step, one model at a time.
 ``"vectorized"`` computes the same thing for all sampled devices at once (see
-:mod:`fedlearn_lab.vectorized`); tests check that both agree.
+:mod:`fedlearn_lab.vectorized`); tests check that both agree. The round looks its
+engine up here for local training (:func:`fedlearn_lab.local.train_devices`), the
+server adjustment's SGD (``methods``) and the evaluation (``rounds.finish_round``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class Engine:
     evaluate: Callable  # like metrics.evaluate_each
 
 
-ENGINES = {
+ENGINES: dict[str, Engine] = {
     "reference": Engine(local.train_each, local.sgd, metrics.evaluate_each),
     "vectorized": Engine(vectorized.train_devices, vectorized.sgd, vectorized.evaluate),
 }
