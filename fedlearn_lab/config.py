@@ -15,6 +15,7 @@ SHARED_USES = ("adjust", "hybrid", "data_sharing")
 SERVER_SCHEDULES = ("fixed", "feddu")
 FEDDU_MODES = ("steps", "interpolate")
 SERVER_MOMENTUMS = ("none", "feddum", "fedavgm")
+ENGINES = ("vectorized", "reference")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,10 @@ class FedConfig:
     server_gflops: float = 100.0
     device_mbps: float = 50.0
     server_mbps: float = 100.0
+    # --- How rounds are computed, not what they compute (see engines.py):
+    # "vectorized" trains all sampled devices at once, "reference" is the plain
+    # per-device loop it is tested against.
+    engine: str = "vectorized"
 
     def __post_init__(self) -> None:
         if isinstance(self.shared_classes, list | tuple):
@@ -286,4 +291,5 @@ _CHECKS = (
     _choice("attack", ATTACKS),
     _positive("attack_strength"),
     _choice("aggregator", AGGREGATORS),
+    _choice("engine", ENGINES),
 )

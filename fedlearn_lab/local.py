@@ -75,11 +75,34 @@ def train_devices(
     lr: float,
     batch_size: int,
     generator: torch.Generator,
+    engine: str = "vectorized",
 ) -> tuple[list[Weights], torch.Tensor]:
-    """Train each device in turn from ``weights`` (the reference path).
+    """Train the sampled devices from ``weights``, as ``engine`` computes it
+    (:data:`fedlearn_lab.engines.ENGINES`: the same result either way).
 
     Returns the devices' new weights and their mean training loss, shape (devices,).
     """
+    from .engines import ENGINES  # engines.py imports this module
+
+    return ENGINES[engine].train_devices(
+        model, weights, x, y, device_indices,
+        epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
+    )  # fmt: skip
+
+
+def train_each(
+    model: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device_indices: Sequence[torch.Tensor],
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+) -> tuple[list[Weights], torch.Tensor]:
+    """Train each device in turn from ``weights`` (the reference path)."""
     sizes = [len(idx) for idx in device_indices]
     orders = batch_orders(sizes, epochs=epochs, generator=generator)
     results, mean_losses = [], []

@@ -39,6 +39,7 @@ from .cost import (
     train_flops,
     weights_bytes,
 )
+from .engines import ENGINES
 from .feddu import MIN_ALPHA, alpha_t, tau_cap, tau_t
 from .metrics import evaluate
 from .seeding import torch_generator
@@ -102,6 +103,7 @@ def server_device(
         lr=cfg.local_lr,
         batch_size=cfg.batch_size,
         generator=torch_generator(cfg.seed, "hybrid", round_idx),
+        engine=cfg.engine,
     )
     flops = train_flops(setup.macs, cfg.local_epochs * len(shared))
     return [(trained, len(shared))], flops
@@ -131,6 +133,7 @@ def _adjust(setup: Setup, weights: Weights, steps: int, round_idx: int) -> Serve
         lr=cfg.server_lr,
         batch_size=cfg.server_batch_size,
         generator=torch_generator(cfg.seed, "server", round_idx),
+        sgd=ENGINES[cfg.engine].sgd,
     )
     done = int(stats["server_steps"])
     samples = done * min(cfg.server_batch_size, len(shared))

@@ -22,6 +22,13 @@ def evaluate(
     return accuracy, cross_entropy(logits, y).item()
 
 
+def evaluate_each(
+    model: nn.Module, weights: list[Weights], x: torch.Tensor, y: torch.Tensor
+) -> list[tuple[float, float]]:
+    """:func:`evaluate` for each of ``weights`` in turn."""
+    return [evaluate(model, w, x, y) for w in weights]
+
+
 @torch.no_grad()
 def per_device_accuracy(
     model: nn.Module, weights: Weights, x: torch.Tensor, y: torch.Tensor,

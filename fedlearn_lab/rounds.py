@@ -23,10 +23,11 @@ from .aggregation import AGGREGATORS
 from .config import FedConfig
 from .cost import forward_macs
 from .data import Dataset, load_digits
+from .engines import ENGINES
 from .feddu import js_divergence, label_distribution
 from .history import History, RoundRecord
 from .methods import SampledInfo, device_data, method_cost, server_device, server_update
-from .metrics import evaluate, per_device_accuracy
+from .metrics import per_device_accuracy
 from .models import make_model
 from .momentum import momentum_step
 from .partition import label_counts, partition_devices, shared_split
@@ -78,6 +79,11 @@ class Setup:
         """D(P0): how far the shared dataset's labels are from P (None if empty)."""
         shared = self.shared_indices
         return self.divergence(shared) if len(shared) else None
+
+    @cached_property
+    def device_sizes(self) -> list[int]:
+        """Each device's number of training samples."""
+        return [len(idx) for idx in self.device_indices]
 
     @cached_property
     def macs(self) -> int:
@@ -135,8 +141,7 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     started = time.perf_counter()
     t = state.round_idx + 1
     sampled = sample_devices(cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t))
-    sizes = [len(idx) for idx in setup.device_indices]
-    returned, lost = faults.arrivals(sampled, sizes, cfg, t)
+    returned, lost = faults.arrivals(sampled, setup.device_sizes, cfg, t)
     updates, train_losses = _local_updates(state, setup, returned, t)
     return finish_round(
         state,
@@ -174,7 +179,7 @@ def finish_round(
     reasons = faults.screen_updates(updates, state.weights, max_norm_ratio=cfg.max_norm_ratio)
     _check_updates(t, cfg, reasons)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
-    trained = [len(idx) for idx in device_data(setup, returned)]
+    trained = [idx.shape[0] for idx in device_data(setup, returned)]
     pairs = [(updates[i], trained[i]) for i in kept]
     hybrid, hybrid_flops = server_device(state, setup, t)
     everyone = pairs + hybrid
@@ -185,12 +190,9 @@ def finish_round(
     adjusted = update.weights
     if cfg.server_momentum == "feddum" and adjusted is not aggregated:
         adjusted, momentum = _momentum(cfg, aggregated, adjusted, momentum)
-    agg_acc, agg_loss = evaluate(model, aggregated, data.x_test, data.y_test)
-    acc, loss = (
-        (agg_acc, agg_loss)
-        if adjusted is aggregated
-        else evaluate(model, adjusted, data.x_test, data.y_test)
-    )
+    models = [aggregated] if adjusted is aggregated else [aggregated, adjusted]
+    scores = ENGINES[cfg.engine].evaluate(model, models, data.x_test, data.y_test)
+    (agg_acc, agg_loss), (acc, loss) = scores[0], scores[-1]
     train_loss = train_losses[kept].mean().item() if kept else math.nan
     _check_finite(t, cfg, loss=loss)
     rejected = {int(returned[i]): r for i, r in enumerate(reasons) if r is not None}
@@ -242,10 +244,12 @@ def _local_updates(
     cfg, data = setup.cfg, setup.data
     if len(returned) == 0:
         return [], torch.zeros(0)
-    malicious = attacks.malicious_devices(
-        cfg.num_devices, cfg.malicious_fraction, numpy_rng(cfg.seed, "malicious")
-    )
-    bad = np.isin(returned, malicious)
+    bad = np.zeros(len(returned), dtype=bool)
+    if cfg.malicious_fraction > 0:
+        malicious = attacks.malicious_devices(
+            cfg.num_devices, cfg.malicious_fraction, numpy_rng(cfg.seed, "malicious")
+        )
+        bad = np.isin(returned, malicious)
     own = [setup.device_indices[k] for k in returned]
     y = data.y_train
     if cfg.attack == "label_flip" and bad.any():
@@ -262,7 +266,10 @@ def _local_updates(
         lr=cfg.local_lr,
         batch_size=cfg.batch_size,
         generator=torch_generator(cfg.seed, "local", t),
+        engine=cfg.engine,
     )
+    if not bad.any():
+        return local_weights, train_losses
     generator = torch_generator(cfg.seed, "attack", t)
     attack = {"attack": cfg.attack, "strength": cfg.attack_strength}
     updates = [

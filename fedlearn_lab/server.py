@@ -6,10 +6,12 @@ the global data distribution, which helps most when device data are non-IID.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .local import sgd
+from . import local
 from .weights import Weights
 
 
@@ -34,11 +36,13 @@ def server_adjust(
     lr: float,
     batch_size: int,
     generator: torch.Generator,
+    sgd: Callable = local.sgd,
 ) -> tuple[Weights, dict[str, float]]:
     """Train the aggregation model ``steps`` SGD steps on the shared dataset.
 
     Returns the adjusted weights and stats (``server_steps``, ``server_loss``: the mean
     loss over the steps). Zero steps, or an empty shared dataset, change nothing.
+    ``sgd`` is the training routine (``local.sgd`` or a faster equivalent).
     """
     if steps == 0 or len(y_shared) == 0:
         return weights, {"server_steps": 0, "server_loss": float("nan")}

@@ -37,9 +37,9 @@ def weighted_mean(weights: Sequence[Weights], coefficients: Sequence[float]) -> 
     """``sum_i c_i w_i / sum_i c_i``: the average FedAvg takes."""
     if len(weights) == 0 or len(weights) != len(coefficients):
         raise ValueError("weighted_mean needs as many coefficients as weights (>= 1)")
-    c = torch.as_tensor(coefficients, dtype=torch.float64)
-    if torch.any(c < 0) or c.sum() <= 0:
+    if min(coefficients) < 0 or sum(coefficients) <= 0:
         raise ValueError("weighted_mean coefficients must be >= 0 with a positive sum")
+    c = torch.as_tensor(coefficients, dtype=torch.float64)
     c = (c / c.sum()).to(next(iter(weights[0].values())).dtype)
     return {k: torch.tensordot(c, torch.stack([w[k] for w in weights]), 1) for k in weights[0]}
 
@@ -51,8 +51,8 @@ def stack(weights: Sequence[Weights]) -> Weights:
 
 def unstack(stacked: Weights) -> list[Weights]:
     """Inverse of :func:`stack`."""
-    count = next(iter(stacked.values())).shape[0]
-    return [{k: v[i] for k, v in stacked.items()} for i in range(count)]
+    rows = zip(*(v.unbind() for v in stacked.values()), strict=True)
+    return [dict(zip(stacked, row, strict=True)) for row in rows]
 
 
 def num_parameters(a: Weights) -> int:

@@ -57,6 +57,7 @@ def test_train_device_gives_each_device_its_in_process_update(digits):
         lr=cfg.local_lr,
         batch_size=cfg.batch_size,
         generator=torch_generator(cfg.seed, "local", 7),
+        engine="reference",  # a Flower device trains alone, with local.sgd
     )
     for k, want, want_loss in zip(sampled, expected, losses, strict=True):
         got, loss = train_device(setup, weights, k, sampled, round_idx=7)
