@@ -36,7 +36,7 @@ test: $(STAMP) /usr/bin/chromium
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -m "not slow and not browser"
+	$(PY) -m pytest tests -m "not slow and not browser and not flower"
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_rounds.py
