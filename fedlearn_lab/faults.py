@@ -140,26 +140,19 @@ def _finite_and_norms(
     finite, norms = [], []
     row_bytes = 8 * sum(v.numel() for v in reference.values())
     size = max(1, _GROUP_BYTES // row_bytes)
-    sure = all(bool(v.isfinite().all()) for v in reference.values())  # see below
     for start in range(0, len(formed), size):
         stacked = take(updates, formed[start : start + size])
-        squares = {  # delta_norm's arithmetic, in place on a float64 copy
-            k: v.to(torch.float64, copy=True).sub_(reference[k]).square_().flatten(1)
+        squares = [  # delta_norm's arithmetic, in place on a float64 copy
+            v.to(torch.float64, copy=True).sub_(reference[k]).square_().flatten(1)
             for k, v in stacked.items()
-        }
-        squares = {k: v.sum(1) for k, v in squares.items()}
-        rows = [_finite_rows(v, squares[k], sure) for k, v in stacked.items()]
-        finite += torch.stack(rows).all(0).tolist()
-        norms += torch.stack(list(squares.values())).sum(0).sqrt().tolist()
+        ]
+        total = torch.stack([v.sum(1) for v in squares]).sum(0)
+        # A finite sum of squared deltas means finite updates; otherwise look closer
+        # (a non-finite update, or squares of finite numbers that overflowed).
+        ok = total.isfinite()
+        if not ok.all():
+            ok = torch.stack([v.isfinite().flatten(1).all(1) for v in stacked.values()])
+            ok = ok.all(0)
+        finite += ok.tolist()
+        norms += total.sqrt().tolist()
     return finite, norms
-
-
-def _finite_rows(v: torch.Tensor, squares: torch.Tensor, sure: bool) -> torch.Tensor:
-    """Whether each row of ``v`` (rows, ...) holds only finite values; ``squares``
-    holds each row's float64 sum of squared deltas from a finite reference if
-    ``sure``."""
-    if sure and v.dtype != torch.float64:
-        # Squared deltas of narrower numbers cannot overflow float64, so their sum is
-        # finite exactly when every entry is (and it is computed already).
-        return squares.isfinite()
-    return v.isfinite().flatten(1).all(1)
