@@ -142,11 +142,8 @@ def _finite_and_norms(
     size = max(1, _GROUP_BYTES // row_bytes)
     for start in range(0, len(formed), size):
         stacked = take(updates, formed[start : start + size])
-        squares = [  # delta_norm's arithmetic, in place on a float64 copy
-            v.to(torch.float64, copy=True).sub_(reference[k]).square_().flatten(1)
-            for k, v in stacked.items()
-        ]
-        total = torch.stack([v.sum(1) for v in squares]).sum(0)
+        sums = [_sum_of_squares(v, reference[k]) for k, v in stacked.items()]
+        total = torch.stack(sums).sum(0)
         # A finite sum of squared deltas means finite updates; otherwise look closer
         # (a non-finite update, or squares of finite numbers that overflowed).
         ok = total.isfinite()
@@ -156,3 +153,10 @@ def _finite_and_norms(
         finite += ok.tolist()
         norms += total.sqrt().tolist()
     return finite, norms
+
+
+def _sum_of_squares(rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each row's sum of squared differences from ``reference``, in float64 (as
+    :func:`delta_norm` computes it)."""
+    delta = rows.to(torch.float64, copy=True).sub_(reference)  # a copy, even of float64
+    return delta.square_().flatten(1).sum(1)
