@@ -19,7 +19,7 @@ from . import local, metrics, vectorized
 class Engine:
     """The computing parts of a round, with the signatures of the reference path."""
 
-    train_devices: Callable  # like local.train_each
+    train_devices: Callable  # like local.train_each (its weights may come stacked)
     sgd: Callable  # like local.sgd, for the server adjustment
     evaluate: Callable  # like metrics.evaluate_each
 

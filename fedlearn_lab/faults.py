@@ -24,7 +24,7 @@ import torch
 
 from .config import FedConfig
 from .seeding import numpy_rng
-from .weights import Weights, stack
+from .weights import Updates, Weights, count, take
 
 SPEED_SIGMA = 0.5
 _GROUP_BYTES = 4 << 20  # see _finite_and_norms
@@ -89,9 +89,12 @@ def delta_norm(update: Weights, reference: Weights) -> float:
 
 
 def screen_updates(
-    updates: Sequence[object], reference: Weights, *, max_norm_ratio: float | None
+    updates: Sequence[object] | Updates,
+    reference: Weights,
+    *,
+    max_norm_ratio: float | None,
 ) -> list[str | None]:
-    """One reason per update (None = accepted).
+    """One reason per update (None = accepted); ``updates`` may be stacked.
 
     After the checks of :func:`validate_update`, an update whose delta norm exceeds
     ``max_norm_ratio`` times the median delta norm of the round's well-formed updates
@@ -101,9 +104,9 @@ def screen_updates(
     default config; lower it to catch boosted updates. Never raises on a malformed
     update.
     """
-    reasons = [_form(u, reference) for u in updates]
+    reasons = _forms(updates, reference)
     formed = [i for i, r in enumerate(reasons) if r is None]
-    finite, norms = _finite_and_norms([updates[i] for i in formed], reference)
+    finite, norms = _finite_and_norms(updates, formed, reference)
     for i, ok in zip(formed, finite, strict=True):
         reasons[i] = None if ok else "non-finite"
     if max_norm_ratio is None:
@@ -118,10 +121,18 @@ def screen_updates(
     return reasons
 
 
+def _forms(updates: Sequence[object] | Updates, reference: Weights) -> list[str | None]:
+    """:func:`_form` of each update (stacked updates share their rows' form)."""
+    if not isinstance(updates, dict):
+        return [_form(u, reference) for u in updates]
+    n = count(updates)
+    return [_form({k: v[0] for k, v in updates.items()}, reference)] * n if n else []
+
+
 def _finite_and_norms(
-    updates: Sequence[Weights], reference: Weights
+    updates: Sequence[Weights] | Weights, formed: list[int], reference: Weights
 ) -> tuple[list[bool], list[float]]:
-    """Whether each well-formed update is finite, and its :func:`delta_norm`.
+    """Whether each update ``formed`` lists is finite, and its :func:`delta_norm`.
 
     Computed for many updates at once (one by one, these checks would cost more than
     the vectorized engine's local training), in groups of a few MiB of float64.
@@ -129,22 +140,23 @@ def _finite_and_norms(
     finite, norms = [], []
     row_bytes = 8 * sum(v.numel() for v in reference.values())
     size = max(1, _GROUP_BYTES // row_bytes)
-    for start in range(0, len(updates), size):
-        stacked = stack(updates[start : start + size])
-        rows = torch.stack([_finite_rows(v) for v in stacked.values()])
-        finite += rows.all(0).tolist()
-        squares = [  # delta_norm's arithmetic, in place
-            v.double().sub_(reference[k]).square_().flatten(1).sum(1)
-            for k, v in stacked.items()
-        ]
-        norms += torch.stack(squares).sum(0).sqrt().tolist()
+    for start in range(0, len(formed), size):
+        stacked = take(updates, formed[start : start + size])
+        sums = [_sum_of_squares(v, reference[k]) for k, v in stacked.items()]
+        total = torch.stack(sums).sum(0)
+        # A finite sum of squared deltas means finite updates; otherwise look closer
+        # (a non-finite update, or squares of finite numbers that overflowed).
+        ok = total.isfinite()
+        if not ok.all():
+            ok = torch.stack([v.isfinite().flatten(1).all(1) for v in stacked.values()])
+            ok = ok.all(0)
+        finite += ok.tolist()
+        norms += total.sqrt().tolist()
     return finite, norms
 
 
-def _finite_rows(v: torch.Tensor) -> torch.Tensor:
-    """Whether each row of ``v`` (rows, ...) holds only finite values."""
-    if v.dtype == torch.float64:
-        return v.isfinite().flatten(1).all(1)
-    # Narrower floats summed in float64 cannot overflow, so the sum is finite exactly
-    # when every entry is; and it is several times faster than isfinite here.
-    return v.flatten(1).sum(1, dtype=torch.float64).isfinite()
+def _sum_of_squares(rows: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each row's sum of squared differences from ``reference``, in float64 (as
+    :func:`delta_norm` computes it)."""
+    delta = rows.to(torch.float64, copy=True).sub_(reference)  # a copy, even of float64
+    return delta.square_().flatten(1).sum(1)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.functional import cross_entropy
 
-from .weights import Weights
+from .weights import Updates, Weights, as_stacked, unstack
 
 
 def batch_orders(
@@ -76,18 +76,23 @@ def train_devices(
     batch_size: int,
     generator: torch.Generator,
     engine: str = "vectorized",
-) -> tuple[list[Weights], torch.Tensor]:
+    stacked: bool = False,
+) -> tuple[Updates, torch.Tensor]:
     """Train the sampled devices from ``weights``, as ``engine`` computes it
     (:data:`fedlearn_lab.engines.ENGINES`: the same result either way).
 
-    Returns the devices' new weights and their mean training loss, shape (devices,).
+    Returns the devices' new weights, a list (or stacked along a leading device axis
+    if ``stacked``), and their mean training loss, shape (devices,).
     """
     from .engines import ENGINES  # engines.py imports this module
 
-    return ENGINES[engine].train_devices(
+    trained, losses = ENGINES[engine].train_devices(
         model, weights, x, y, device_indices,
         epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
     )  # fmt: skip
+    if stacked:
+        return as_stacked(trained), losses
+    return (unstack(trained) if isinstance(trained, dict) else trained), losses
 
 
 def train_each(

@@ -37,7 +37,6 @@ from .cost import (
     eval_flops,
     round_cost,
     train_flops,
-    weights_bytes,
 )
 from .engines import ENGINES
 from .feddu import MIN_ALPHA, alpha_t, tau_cap, tau_t
@@ -220,7 +219,7 @@ def method_cost(
     sample_bytes = x_train.shape[1] * x_train.element_size() + LABEL_BYTES
     return round_cost(
         links,
-        model_bytes=weights_bytes(dict(setup.model.state_dict())),
+        model_bytes=setup.model_bytes,
         num_sent=num_sent,
         device_flops=[train_flops(setup.macs, cfg.local_epochs * n) for n in sizes],
         server_flops=server_flops,

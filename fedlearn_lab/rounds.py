@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from . import attacks, faults, local
-from .aggregation import AGGREGATORS
+from .aggregation import AGGREGATORS, Stacked
 from .config import FedConfig
-from .cost import forward_macs
+from .cost import forward_macs, weights_bytes
 from .data import Dataset, load_digits
 from .engines import ENGINES
 from .feddu import js_divergence, label_distribution
@@ -33,7 +33,7 @@ from .momentum import momentum_step
 from .partition import label_counts, partition_devices, shared_split
 from .sampling import sample_devices
 from .seeding import numpy_rng, torch_generator
-from .weights import Weights, clone
+from .weights import Updates, Weights, clone, stack, take, unstack
 
 
 class DivergedError(RuntimeError):
@@ -84,6 +84,17 @@ class Setup:
     def device_sizes(self) -> list[int]:
         """Each device's number of training samples."""
         return [len(idx) for idx in self.device_indices]
+
+    @cached_property
+    def label_counts(self) -> np.ndarray:
+        """Samples of each class on each device, shape (num_devices, num_classes)."""
+        parts = [idx.numpy() for idx in self.device_indices]
+        return label_counts(self.data.y_train.numpy(), parts, self.data.num_classes)
+
+    @cached_property
+    def model_bytes(self) -> int:
+        """Bytes of the model's weights (what one transfer of the model sends)."""
+        return weights_bytes(dict(self.model.state_dict()))
 
     @cached_property
     def macs(self) -> int:
@@ -162,15 +173,16 @@ def finish_round(
     sampled: np.ndarray,
     returned: np.ndarray,
     lost: dict[int, str],
-    updates: list[Weights],
+    updates: Updates,
     train_losses: torch.Tensor,
     started: float,
 ) -> tuple[ServerState, RoundRecord]:
     """The server's side of a round: screen the returned updates, aggregate them, adjust
     on the shared dataset, evaluate, and record.
 
-    ``updates[i]`` and ``train_losses[i]`` come from device ``returned[i]``; ``lost``
-    names the sampled devices that did not return and why. If no update survives, the
+    Row ``i`` of ``updates`` (a list of weights, or stacked along a leading device
+    axis) and of ``train_losses`` comes from device ``returned[i]``; ``lost`` names
+    the sampled devices that did not return and why. If no update survives, the
     aggregation model is the previous global model; the server adjustment still runs.
     :mod:`fedlearn_lab.flower` calls this too, so a Flower run is served by the same code.
     """
@@ -180,9 +192,8 @@ def finish_round(
     _check_updates(t, cfg, reasons)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     trained = [idx.shape[0] for idx in device_data(setup, returned)]
-    pairs = [(updates[i], trained[i]) for i in kept]
     hybrid, hybrid_flops = server_device(state, setup, t)
-    everyone = pairs + hybrid
+    everyone = _to_aggregate(updates, kept, trained, hybrid)
     aggregated = AGGREGATORS[cfg.aggregator](everyone) if everyone else state.weights
     aggregated, momentum = _momentum(cfg, state.weights, aggregated, state.momentum)
     info = _sampled_info(setup, returned[kept], t)
@@ -200,7 +211,7 @@ def finish_round(
     record = RoundRecord(
         round=t,
         devices=tuple(int(k) for k in sampled),
-        num_samples=sum(n for _, n in pairs),
+        num_samples=sum(trained[i] for i in kept),
         train_loss=train_loss,
         aggregate_accuracy=agg_acc,
         aggregate_loss=agg_loss,
@@ -229,17 +240,38 @@ def _momentum(
     return momentum_step(kind, old, new, momentum, beta=beta)
 
 
+def _to_aggregate(
+    updates: Updates,
+    kept: list[int],
+    trained: list[int],
+    hybrid: list[tuple[Weights, int]],
+) -> Stacked | None:
+    """The kept updates, then Hybrid-FL's server device, stacked with their sample
+    counts; None if there are none."""
+    counts = [trained[i] for i in kept] + [n for _, n in hybrid]
+    parts = [take(updates, kept)] if kept else []
+    if hybrid:
+        parts.append(stack([w for w, _ in hybrid]))
+    if not parts:
+        return None
+    if len(parts) == 1:
+        return Stacked(parts[0], counts)
+    return Stacked({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, counts)
+
+
 def _sampled_info(setup: Setup, device_ids: np.ndarray, t: int) -> SampledInfo:
     """FedDU's view of the devices whose updates were aggregated (their own data)."""
     if len(device_ids) == 0:
         return SampledInfo(t, 0, 0, math.nan)
-    own = torch.cat([setup.device_indices[k] for k in device_ids])
-    return SampledInfo(t, len(device_ids), len(own), setup.divergence(own))
+    counts = setup.label_counts[device_ids].sum(0)
+    total = int(counts.sum())
+    divergence = js_divergence(counts / max(total, 1), setup.label_prior)
+    return SampledInfo(t, len(device_ids), total, divergence)
 
 
 def _local_updates(
     state: ServerState, setup: Setup, returned: np.ndarray, t: int
-) -> tuple[list[Weights], torch.Tensor]:
+) -> tuple[Updates, torch.Tensor]:
     """Train the devices that return; the malicious ones among them then attack."""
     cfg, data = setup.cfg, setup.data
     if len(returned) == 0:
@@ -267,6 +299,7 @@ def _local_updates(
         batch_size=cfg.batch_size,
         generator=torch_generator(cfg.seed, "local", t),
         engine=cfg.engine,
+        stacked=True,
     )
     if not bad.any():
         return local_weights, train_losses
@@ -274,7 +307,7 @@ def _local_updates(
     attack = {"attack": cfg.attack, "strength": cfg.attack_strength}
     updates = [
         attacks.corrupt(w, state.weights, **attack, generator=generator) if b else w
-        for w, b in zip(local_weights, bad, strict=True)
+        for w, b in zip(unstack(local_weights), bad, strict=True)
     ]
     return updates, train_losses
 
@@ -421,8 +454,7 @@ class Federation:
 
     def label_counts(self) -> np.ndarray:
         """Samples of each class on each device, shape (num_devices, num_classes)."""
-        parts = [idx.numpy() for idx in self.device_indices]
-        return label_counts(self.data.y_train.numpy(), parts, self.data.num_classes)
+        return self.setup.label_counts.copy()
 
     def __repr__(self) -> str:
         return (

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .local import batch_orders
 from .models import MLP, LogReg
-from .weights import Weights, unstack
+from .weights import Weights
 
 # Per step: data indices (active, width); labels and loss weights (active, 1, width).
 Plan = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -51,9 +51,9 @@ def train_devices(
     lr: float,
     batch_size: int,
     generator: torch.Generator,
-) -> tuple[list[Weights], torch.Tensor]:
+) -> tuple[Weights, torch.Tensor]:
     """Train every device from ``weights`` at once; the same result as the reference
-    ``local.train_each`` (the same batches from the same generator)."""
+    ``local.train_each`` (the same batches from the same generator), stacked."""
     sizes = torch.tensor([idx.shape[0] for idx in device_indices])
     orders = batch_orders(sizes, epochs=epochs, generator=generator)
     num_devices = len(device_indices)
@@ -71,7 +71,7 @@ def train_devices(
             trained[k].index_copy_(0, chunk, v)
         loss_sums.index_copy_(0, chunk, losses.sum(0))
     mean_losses = loss_sums / (epochs * -(-sizes // batch_size))
-    return unstack(trained), mean_losses
+    return trained, mean_losses
 
 
 def _device_plan(

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 
 Weights = dict[str, torch.Tensor]
+# Several devices' weights: a list, or stacked along a leading device axis.
+Updates = Sequence[Weights] | Weights
 
 
 def add(a: Weights, b: Weights) -> Weights:
@@ -33,15 +35,16 @@ def clone(a: Weights) -> Weights:
     return {k: v.detach().clone() for k, v in a.items()}
 
 
-def weighted_mean(weights: Sequence[Weights], coefficients: Sequence[float]) -> Weights:
+def weighted_mean(weights: Updates, coefficients: Sequence[float]) -> Weights:
     """``sum_i c_i w_i / sum_i c_i``: the average FedAvg takes."""
-    if len(weights) == 0 or len(weights) != len(coefficients):
+    if count(weights) == 0 or count(weights) != len(coefficients):
         raise ValueError("weighted_mean needs as many coefficients as weights (>= 1)")
     if min(coefficients) < 0 or sum(coefficients) <= 0:
         raise ValueError("weighted_mean coefficients must be >= 0 with a positive sum")
+    rows = as_stacked(weights)
     c = torch.as_tensor(coefficients, dtype=torch.float64)
-    c = (c / c.sum()).to(next(iter(weights[0].values())).dtype)
-    return {k: torch.tensordot(c, torch.stack([w[k] for w in weights]), 1) for k in weights[0]}
+    c = (c / c.sum()).to(next(iter(rows.values())).dtype)
+    return {k: torch.tensordot(c, v, 1) for k, v in rows.items()}
 
 
 def stack(weights: Sequence[Weights]) -> Weights:
@@ -53,6 +56,30 @@ def unstack(stacked: Weights) -> list[Weights]:
     """Inverse of :func:`stack`."""
     rows = zip(*(v.unbind() for v in stacked.values()), strict=True)
     return [dict(zip(stacked, row, strict=True)) for row in rows]
+
+
+def count(updates: Updates) -> int:
+    """Number of devices in ``updates``."""
+    if isinstance(updates, dict):
+        return next(iter(updates.values())).shape[0] if updates else 0
+    return len(updates)
+
+
+def as_stacked(updates: Updates) -> Weights:
+    """``updates`` stacked along a leading device axis (as given if they are)."""
+    return updates if isinstance(updates, dict) else stack(updates)
+
+
+def take(updates: Updates, rows: Sequence[int]) -> Weights:
+    """The devices ``rows`` (at least one) of ``updates``, stacked; views, not a copy,
+    if ``updates`` is stacked and ``rows`` are consecutive."""
+    if not isinstance(updates, dict):
+        return stack([updates[i] for i in rows])
+    first = rows[0]
+    if list(rows) == list(range(first, first + len(rows))):
+        return {k: v[first : first + len(rows)] for k, v in updates.items()}
+    index = torch.tensor(rows, dtype=torch.long)
+    return {k: v[index] for k, v in updates.items()}
 
 
 def num_parameters(a: Weights) -> int:

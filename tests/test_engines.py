@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 import fedlearn_lab as fl
 from fedlearn_lab import faults, local, metrics, vectorized
 from fedlearn_lab.models import make_model
-from fedlearn_lab.weights import stack
+from fedlearn_lab.weights import as_stacked
 
 MODELS = ("logreg", "mlp", "cnn")
 
@@ -80,7 +80,7 @@ def _train_both(model_name, digits, sizes, *, epochs, batch_size, lr=0.2):
         trained, losses = train(
             *args, **kwargs, generator=torch.Generator().manual_seed(1)
         )
-        results.append((stack(trained), losses))
+        results.append((as_stacked(trained), losses))
     return weights, *results
 
 
