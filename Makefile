@@ -33,6 +33,7 @@ run: $(STAMP)
 # Unit tests, the lessons under nbval (their CHECK_OUTPUT cells and asserts), and the
 # real-browser test of the playground (JupyterLab + Chromium, marker `browser`).
 test: $(STAMP) /usr/bin/chromium
+	$(VENV)/bin/ruff check fedlearn_lab tests benchmarks examples notebooks/refresh.py
 	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env
 
 test-fast: $(STAMP)
@@ -50,7 +51,7 @@ voila: $(STAMP)
 	$(VENV)/bin/voila notebooks/04_playground.ipynb --no-browser --Voila.ip=127.0.0.1
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check fedlearn_lab tests benchmarks
+	$(VENV)/bin/ruff check fedlearn_lab tests benchmarks examples notebooks/refresh.py
 
 clean:
 	rm -rf $(VENV) runs test-artifacts .pytest_cache

@@ -39,17 +39,24 @@ def build_parser() -> argparse.ArgumentParser:
     """An argparse parser with one flag per ``FedConfig`` field."""
     parser = argparse.ArgumentParser(
         prog="fedlearn-lab",
-        description="Run a federated experiment with server adjustment on a shared dataset.",
+        description="Run a federated experiment with a server adjustment.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--dataset", default="digits", help="'digits' or 'synthetic:ALPHA,BETA'")
-    parser.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder")
+    parser.add_argument(
+        "--dataset", default="digits", help="'digits' or 'synthetic:ALPHA,BETA'"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/latest"), help="output folder"
+    )
     hints = typing.get_type_hints(FedConfig)
     for f in dataclasses.fields(FedConfig):
         flag = "--" + f.name.replace("_", "-")
         aliases = [flag] if "_" not in f.name else [flag, "--" + f.name]
         parser.add_argument(
-            *aliases, dest=f.name, type=_field_parser(hints[f.name]), default=f.default,
+            *aliases,
+            dest=f.name,
+            type=_field_parser(hints[f.name]),
+            default=f.default,
             help=f"FedConfig.{f.name}",
         )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,7 +71,9 @@ def _load_dataset(spec: str, seed: int):
     if spec.startswith("synthetic:"):
         alpha, beta = (float(v) for v in spec.split(":", 1)[1].split(","))
         return synthetic(alpha, beta, seed=seed)
-    raise ValueError(f"dataset must be 'digits' or 'synthetic:ALPHA,BETA', got {spec!r}")
+    raise ValueError(
+        f"dataset must be 'digits' or 'synthetic:ALPHA,BETA', got {spec!r}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bar = tqdm(total=cfg.rounds, unit="round", disable=args.quiet)
 
     def on_round(record) -> None:
-        bar.set_postfix(accuracy=f"{record.accuracy:.3f}", before=f"{record.aggregate_accuracy:.3f}")
+        bar.set_postfix(
+            accuracy=f"{record.accuracy:.3f}", before=f"{record.aggregate_accuracy:.3f}"
+        )
         bar.update()
 
     status = 0
@@ -120,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spread = fed.device_accuracy()
         print(
             f"published model: accuracy on the devices' own data "
-            f"mean {sum(spread) / len(spread):.3f}, min {min(spread):.3f}, max {max(spread):.3f}"
+            f"mean {sum(spread) / len(spread):.3f}, "
+            f"min {min(spread):.3f}, max {max(spread):.3f}"
         )
     return status

@@ -205,10 +205,14 @@ def _check_shared_classes(cfg: FedConfig) -> None:
     classes = cfg.shared_classes
     if classes is None:
         return
-    if not isinstance(classes, tuple) or not classes or any(
-        isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes
+    if (
+        not isinstance(classes, tuple)
+        or not classes
+        or any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in classes)
     ):
-        _fail("shared_classes", classes, "None or a non-empty tuple of class labels >= 0")
+        _fail(
+            "shared_classes", classes, "None or a non-empty tuple of class labels >= 0"
+        )
     if len(set(classes)) != len(classes):
         _fail("shared_classes", classes, "a tuple without repeated classes")
 

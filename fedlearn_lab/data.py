@@ -1,4 +1,4 @@
-"""Datasets that need no download: scikit-learn's digits, Synthetic(alpha, beta), arrays.
+"""Datasets that need no download: scikit-learn's digits, Synthetic(α, β), arrays.
 
 Synthetic(alpha, beta) follows the recipe of the FedProx paper (Li et al., 2020,
 "Federated Optimization in Heterogeneous Networks", https://arxiv.org/abs/1812.06127).
@@ -46,7 +46,8 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (
-            f"Dataset({self.name!r}, train={len(self.y_train)}, test={len(self.y_test)}, "
+            f"Dataset({self.name!r}, train={len(self.y_train)}, "
+            f"test={len(self.y_test)}, "
             f"features={self.num_features}, classes={self.num_classes})"
         )
 
@@ -87,10 +88,16 @@ def from_arrays(
             f"X must hold one row of >= 1 feature per sample, got shape {x_np.shape}"
         )
     if y_np.ndim != 1:
-        raise ValueError(f"y must be 1-D (one label per sample), got shape {y_np.shape}")
+        raise ValueError(
+            f"y must be 1-D (one label per sample), got shape {y_np.shape}"
+        )
     if len(x_np) != len(y_np):
-        raise ValueError(f"X and y must have the same length, got {len(x_np)} and {len(y_np)}")
-    if not np.issubdtype(x_np.dtype, np.number) or np.issubdtype(x_np.dtype, np.complexfloating):
+        raise ValueError(
+            f"X and y must have the same length, got {len(x_np)} and {len(y_np)}"
+        )
+    if not np.issubdtype(x_np.dtype, np.number) or np.issubdtype(
+        x_np.dtype, np.complexfloating
+    ):
         raise ValueError(f"X must be real numbers, got dtype {x_np.dtype}")
     with np.errstate(over="ignore"):  # values beyond float32 become inf, refused next
         x_flat = x_np.reshape(len(x_np), math.prod(x_np.shape[1:])).astype(np.float32)
@@ -111,13 +118,17 @@ def from_arrays(
         )
     shape = tuple(input_shape) if input_shape is not None else tuple(x_np.shape[1:])
     if math.prod(shape) != x_flat.shape[1]:
-        raise ValueError(f"input_shape {shape} does not hold {x_flat.shape[1]} features")
+        raise ValueError(
+            f"input_shape {shape} does not hold {x_flat.shape[1]} features"
+        )
     try:
         x_tr, x_te, y_tr, y_te = train_test_split(
             x_flat, labels, test_size=test_fraction, random_state=seed, stratify=labels
         )
     except ValueError as err:  # too few samples for a class in one of the two parts
-        raise ValueError(f"cannot split {len(labels)} samples by class: {err}") from None
+        raise ValueError(
+            f"cannot split {len(labels)} samples by class: {err}"
+        ) from None
     return Dataset(
         x_train=torch.from_numpy(x_tr),
         y_train=torch.from_numpy(y_tr.astype(np.int64)),
@@ -149,7 +160,11 @@ def synthetic(
     for name, value in (("alpha", alpha), ("beta", beta)):
         if not (isinstance(value, float | int) and np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-    if isinstance(num_devices, bool) or not isinstance(num_devices, int) or num_devices < 1:
+    if (
+        isinstance(num_devices, bool)
+        or not isinstance(num_devices, int)
+        or num_devices < 1
+    ):
         raise ValueError(f"num_devices must be an integer >= 1, got {num_devices!r}")
     rng = numpy_rng(seed, "synthetic")
     sizes = rng.lognormal(4, 2, num_devices).astype(int) + 50

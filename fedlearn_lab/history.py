@@ -1,4 +1,4 @@
-"""What a run leaves behind: one ``RoundRecord`` per round, gathered in a ``History``."""
+"""What a run leaves behind: a ``RoundRecord`` per round, gathered in a ``History``."""
 
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ class RoundRecord:
     def from_dict(cls, values: dict[str, Any]) -> RoundRecord:
         """Rebuild a record from ``dataclasses.asdict`` output that went through JSON
         (which turns tuples into lists)."""
-        return cls(**{k: _as_tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        return cls(
+            **{k: _as_tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        )
 
 
 def _as_tuple(value: list) -> tuple:
@@ -116,7 +118,9 @@ class History:
     def column(self, name: str) -> list[Any]:
         """One field of every record, e.g. ``history.column("server_loss")``."""
         if name not in _FIELDS:
-            raise ValueError(f"name must be a RoundRecord field ({', '.join(_FIELDS)}), got {name!r}")
+            raise ValueError(
+                f"name must be a RoundRecord field ({', '.join(_FIELDS)}), got {name!r}"
+            )
         return [getattr(r, name) for r in self.records]
 
     @property

@@ -26,12 +26,14 @@ def batch_orders(
     """
     sizes_t = torch.as_tensor(sizes)
     keys = torch.rand(len(sizes), epochs, int(sizes_t.max()), generator=generator)
-    padding = torch.arange(keys.shape[-1]) >= sizes_t[:, None, None]  # (devices, 1, n_max)
+    padding = (
+        torch.arange(keys.shape[-1]) >= sizes_t[:, None, None]
+    )  # (devices, 1, n_max)
     return keys.masked_fill(padding, 2.0).argsort(dim=-1)  # padding sorts last
 
 
 def minibatches(order: torch.Tensor, size: int, batch_size: int) -> list[torch.Tensor]:
-    """Cut one device's (epochs, n_max) order into batches; the last of an epoch may be short."""
+    """Cut a device's (epochs, n_max) order into batches; an epoch may end short."""
     return [
         epoch[start : start + batch_size]
         for epoch in order[:, :size]

@@ -31,7 +31,10 @@ def evaluate_each(
 
 @torch.no_grad()
 def per_device_accuracy(
-    model: nn.Module, weights: Weights, x: torch.Tensor, y: torch.Tensor,
+    model: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    y: torch.Tensor,
     device_indices: list[torch.Tensor],
 ) -> list[float]:
     """Accuracy of ``weights`` on each device's own data (one pass over all of it)."""

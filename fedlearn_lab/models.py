@@ -30,7 +30,9 @@ class LogReg(_Flat):
 class MLP(_Flat):
     """One hidden ReLU layer: ``features -> hidden -> classes``."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 64) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 64
+    ) -> None:
         super().__init__(input_shape)
         self.fc1 = nn.Linear(math.prod(input_shape), hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
@@ -40,9 +42,11 @@ class MLP(_Flat):
 
 
 class CNN(_Flat):
-    """Two 3x3 convolutions with 2x2 max-pooling, then a linear layer (for small images)."""
+    """Two 3x3 convolutions with 2x2 max-pooling, then a linear layer (small images)."""
 
-    def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 16) -> None:
+    def __init__(
+        self, input_shape: tuple[int, ...], num_classes: int, hidden: int = 16
+    ) -> None:
         super().__init__(input_shape)
         if len(input_shape) != 3 or min(input_shape[1:]) < 4:
             raise ValueError(
@@ -69,14 +73,16 @@ def make_model(
     *,
     hidden: int = 64,
 ) -> nn.Module:
-    """Build ``"logreg"``, ``"mlp"`` or ``"cnn"`` with weights drawn from ``generator``."""
+    """Build ``"logreg"``, ``"mlp"`` or ``"cnn"``; weights drawn from ``generator``."""
     builders = {
         "logreg": lambda: LogReg(input_shape, num_classes),
         "mlp": lambda: MLP(input_shape, num_classes, hidden),
         "cnn": lambda: CNN(input_shape, num_classes, hidden=max(4, hidden // 4)),
     }
     if name not in builders:
-        raise ValueError(f"model must be one of {', '.join(map(repr, builders))}, got {name!r}")
+        raise ValueError(
+            f"model must be one of {', '.join(map(repr, builders))}, got {name!r}"
+        )
     with torch.random.fork_rng(devices=[]):  # nn's own init must not move global state
         model = builders[name]()
     _init_(model, generator)

@@ -21,7 +21,7 @@ def shared_split(
     num_classes: int,
     classes: tuple[int, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``round(fraction * n)`` indices for the shared dataset; return (shared, rest).
+    """Draw ``round(fraction * n)`` indices for the shared dataset -> (shared, rest).
 
     The draw is class-balanced: the allowed classes (all, or ``classes`` for a biased
     shared dataset) get equal shares, as far as each class has samples.
@@ -41,7 +41,7 @@ def shared_split(
 
 
 def _balanced_quota(total: int, available: np.ndarray) -> np.ndarray:
-    """Split ``total`` as evenly as possible over bins of limited size (water-filling)."""
+    """Split ``total`` as evenly as possible over bins of limited size (water-fill)."""
     quota = np.zeros_like(available)
     remaining = min(total, int(available.sum()))
     while remaining > 0:
@@ -95,7 +95,7 @@ def dirichlet(
     *,
     quantity_skew: float = 0.0,
 ) -> list[np.ndarray]:
-    """Label skew: each class is spread over devices in ``Dirichlet(alpha)`` proportions.
+    """Label skew: each class spreads over the devices in ``Dirichlet(alpha)`` shares.
 
     Smaller ``alpha`` means more skew. A device left empty by the draw takes one
     sample from the largest device, so every device holds data.
@@ -145,7 +145,9 @@ def shards(
     pieces = np.array_split(by_label, num_shards)
     owner = rng.permutation(num_shards) % num_devices
     return [
-        np.sort(np.concatenate([pieces[s] for s in np.flatnonzero(owner == d)])).astype(np.int64)
+        np.sort(np.concatenate([pieces[s] for s in np.flatnonzero(owner == d)])).astype(
+            np.int64
+        )
         for d in range(num_devices)
     ]
 
@@ -168,11 +170,15 @@ def partition_devices(
     if cfg.partition == "iid":
         return iid(len(labels), cfg.num_devices, rng, quantity_skew=cfg.quantity_skew)
     if cfg.partition == "dirichlet":
-        return dirichlet(labels, cfg.num_devices, cfg.skew, rng, quantity_skew=cfg.quantity_skew)
+        return dirichlet(
+            labels, cfg.num_devices, cfg.skew, rng, quantity_skew=cfg.quantity_skew
+        )
     if cfg.partition == "shards":
         return shards(labels, cfg.num_devices, int(cfg.skew), rng)
     if natural is None:
-        raise ValueError("partition='natural' needs a dataset with a natural split (synthetic)")
+        raise ValueError(
+            "partition='natural' needs a dataset with a natural split (synthetic)"
+        )
     if len(natural) != cfg.num_devices:
         raise ValueError(
             f"num_devices must be {len(natural)} for this dataset's natural split, "

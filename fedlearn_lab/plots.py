@@ -35,7 +35,9 @@ def plot_accuracy(
     ``aggregate``, the aggregation model before it (dashed, same colour)."""
     fig, ax = _axes(ax, (6, 3.5))
     name = f"{label}: " if label else ""
-    (line,) = ax.plot(history.rounds, history.accuracy, color=color, label=f"{name}after adjustment")
+    (line,) = ax.plot(
+        history.rounds, history.accuracy, color=color, label=f"{name}after adjustment"
+    )
     if aggregate:
         ax.plot(
             history.rounds,
@@ -54,12 +56,14 @@ def plot_accuracy(
 def plot_label_distribution(
     counts: np.ndarray, ax: Axes | None = None, *, max_devices: int = 50
 ) -> Figure:
-    """Heatmap of samples per (device, class); ``counts`` has shape (devices, classes)."""
+    """Heatmap of samples per (device, class); ``counts``: (devices, classes)."""
     fig, ax = _axes(ax, (6, 3.5))
     shown = counts[:max_devices]
     image = ax.imshow(shown.T, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set(
-        xlabel="device" if len(counts) <= max_devices else f"device (first {max_devices})",
+        xlabel="device"
+        if len(counts) <= max_devices
+        else f"device (first {max_devices})",
         ylabel="class",
         yticks=range(counts.shape[1]),
     )
@@ -78,7 +82,10 @@ def plot_device_accuracy(accuracy: list[float], ax: Axes | None = None) -> Figur
 
 
 def plot_accuracy_vs_time(
-    history: History, ax: Axes | None = None, *, label: str | None = None,
+    history: History,
+    ax: Axes | None = None,
+    *,
+    label: str | None = None,
     color: str | None = None,
 ) -> Figure:
     """Test accuracy against simulated time (see cost.py), one point per round."""
@@ -133,8 +140,13 @@ def plot_feddu(history: History, ax: Axes | None = None) -> Figure:
     steps_ax = ax.twinx()
     steps_ax.step(history.rounds, tau, where="mid", color="tab:orange", label="tau_t")
     steps_ax.plot(
-        history.rounds, history.column("server_steps"), "o", markersize=3,
-        color="tab:orange", alpha=0.5, label="server steps taken",
+        history.rounds,
+        history.column("server_steps"),
+        "o",
+        markersize=3,
+        color="tab:orange",
+        alpha=0.5,
+        label="server steps taken",
     )
     steps_ax.set(ylabel="server steps", ylim=(0, None))
     lines = ax.get_legend_handles_labels()

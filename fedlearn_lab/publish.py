@@ -15,7 +15,7 @@ _FORMAT = "fedlearn_lab.model/1"
 
 
 def save_model(model: nn.Module, path: str | Path, cfg: FedConfig) -> Path:
-    """Write ``path/model.pt`` (state dict) and ``path/config.json``; returns ``path``."""
+    """Write ``path/model.pt`` (state dict) and ``path/config.json``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
@@ -38,7 +38,9 @@ def load_model(path: str | Path) -> tuple[nn.Module, FedConfig]:
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is not a saved fedlearn_lab model: {err}") from None
     if meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} holds format {meta.get('format')!r}, expected {_FORMAT!r}")
+        raise ValueError(
+            f"{path} holds format {meta.get('format')!r}, expected {_FORMAT!r}"
+        )
     cfg = FedConfig.from_dict(meta["config"])
     model = make_model(
         cfg.model,

@@ -1,4 +1,4 @@
-"""The federated loop: sample -> send -> train locally -> aggregate -> adjust -> evaluate.
+"""The federated loop: sample -> send -> train -> aggregate -> adjust -> evaluate.
 
 ``run_round`` is one round as a function of explicit state; ``Federation`` keeps that
 state, the history, and the end condition; ``run`` is the one-call version.
@@ -124,8 +124,12 @@ def make_setup(cfg: FedConfig, data: Dataset) -> Setup:
         # Positions in `rest` of each device's natural samples that the server left it.
         natural = [np.searchsorted(rest, p[in_rest[p]]) for p in data.natural_partition]
         if any(len(p) == 0 for p in natural):
-            raise ValueError("shared_fraction leaves a device of the natural split empty")
-    parts = partition_devices(labels[rest], cfg, numpy_rng(cfg.seed, "partition"), natural)
+            raise ValueError(
+                "shared_fraction leaves a device of the natural split empty"
+            )
+    parts = partition_devices(
+        labels[rest], cfg, numpy_rng(cfg.seed, "partition"), natural
+    )
     model = make_model(
         cfg.model,
         data.input_shape,
@@ -151,7 +155,9 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     cfg = setup.cfg
     started = time.perf_counter()
     t = state.round_idx + 1
-    sampled = sample_devices(cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t))
+    sampled = sample_devices(
+        cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t)
+    )
     returned, lost = faults.arrivals(sampled, setup.device_sizes, cfg, t)
     updates, train_losses = _local_updates(state, setup, returned, t)
     return finish_round(
@@ -184,11 +190,13 @@ def finish_round(
     axis) and of ``train_losses`` comes from device ``returned[i]``; ``lost`` names
     the sampled devices that did not return and why. If no update survives, the
     aggregation model is the previous global model; the server adjustment still runs.
-    :mod:`fedlearn_lab.flower` calls this too, so a Flower run is served by the same code.
+    :mod:`fedlearn_lab.flower` calls this too: a Flower run is served by the same code.
     """
     cfg, data, model = setup.cfg, setup.data, setup.model
     t = state.round_idx + 1
-    reasons = faults.screen_updates(updates, state.weights, max_norm_ratio=cfg.max_norm_ratio)
+    reasons = faults.screen_updates(
+        updates, state.weights, max_norm_ratio=cfg.max_norm_ratio
+    )
     _check_updates(t, cfg, reasons)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
     trained = [idx.shape[0] for idx in device_data(setup, returned)]
@@ -389,7 +397,11 @@ class Federation:
     def finished(self) -> bool:
         """True once the round budget is spent or the target accuracy is reached."""
         target = self.cfg.target_accuracy
-        reached = target is not None and bool(self.history) and self.history[-1].accuracy >= target
+        reached = (
+            target is not None
+            and bool(self.history)
+            and self.history[-1].accuracy >= target
+        )
         return self.round >= self.cfg.rounds or reached
 
     def step(self) -> RoundRecord:

@@ -19,7 +19,9 @@ def _entropy(seed: int, stream: str, indices: tuple[int, ...]) -> list[int]:
 
 def numpy_rng(seed: int, stream: str, *indices: int) -> np.random.Generator:
     """A numpy generator for one named stream, e.g. ``numpy_rng(0, "sample", 3)``."""
-    return np.random.default_rng(np.random.SeedSequence(_entropy(seed, stream, indices)))
+    return np.random.default_rng(
+        np.random.SeedSequence(_entropy(seed, stream, indices))
+    )
 
 
 def torch_generator(seed: int, stream: str, *indices: int) -> torch.Generator:

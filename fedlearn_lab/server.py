@@ -22,7 +22,9 @@ def shared_batches(
     of fresh permutations of the shared dataset (so every sample is seen equally)."""
     size = min(batch_size, num_shared)
     passes = -(-steps * size // num_shared)  # ceil
-    stream = torch.cat([torch.randperm(num_shared, generator=generator) for _ in range(passes)])
+    stream = torch.cat(
+        [torch.randperm(num_shared, generator=generator) for _ in range(passes)]
+    )
     return list(stream[: steps * size].reshape(steps, size))
 
 
@@ -46,6 +48,8 @@ def server_adjust(
     """
     if steps == 0 or len(y_shared) == 0:
         return weights, {"server_steps": 0, "server_loss": float("nan")}
-    batches = shared_batches(len(y_shared), steps=steps, batch_size=batch_size, generator=generator)
+    batches = shared_batches(
+        len(y_shared), steps=steps, batch_size=batch_size, generator=generator
+    )
     adjusted, losses = sgd(model, weights, x_shared, y_shared, batches, lr=lr)
     return adjusted, {"server_steps": steps, "server_loss": losses.mean().item()}

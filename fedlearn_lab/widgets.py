@@ -24,7 +24,14 @@ from ipympl.backend_nbagg import Canvas, FigureManager
 from matplotlib.figure import Figure
 from traitlets import Bool
 
-from .config import AGGREGATORS, MODELS, PARTITIONS, SERVER_SCHEDULES, SHARED_USES, FedConfig
+from .config import (
+    AGGREGATORS,
+    MODELS,
+    PARTITIONS,
+    SERVER_SCHEDULES,
+    SHARED_USES,
+    FedConfig,
+)
 from .data import Dataset, load_digits
 from .history import History
 from .plots import plot_histories, plot_label_distribution, run_labels

@@ -5,8 +5,19 @@ from fedlearn_lab.cli import main
 
 
 def test_cli_writes_history_csv_and_accuracy_png(tmp_path, capsys):
-    status = main(["--rounds", "2", "--participation", "0.3", "--server-steps", "3",
-                   "--out", str(tmp_path), "--quiet"])
+    status = main(
+        [
+            "--rounds",
+            "2",
+            "--participation",
+            "0.3",
+            "--server-steps",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert status == 0
     with (tmp_path / "history.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -19,7 +30,9 @@ def test_cli_writes_history_csv_and_accuracy_png(tmp_path, capsys):
 
 def test_cli_rejects_bad_flags_before_any_work(tmp_path, capsys):
     assert main(["--participation", "1.5", "--out", str(tmp_path / "x")]) == 2
-    assert "participation must be a number in (0, 1], got 1.5" in capsys.readouterr().err
+    assert (
+        "participation must be a number in (0, 1], got 1.5" in capsys.readouterr().err
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -30,8 +43,12 @@ def test_every_config_field_is_a_flag():
     from fedlearn_lab.cli import build_parser
 
     parser = build_parser()
-    args = parser.parse_args(["--shared-classes", "1,2", "--target-accuracy", "0.9", "--seed", "3"])
-    assert args.shared_classes == (1, 2) and args.target_accuracy == 0.9 and args.seed == 3
+    args = parser.parse_args(
+        ["--shared-classes", "1,2", "--target-accuracy", "0.9", "--seed", "3"]
+    )
+    assert (
+        args.shared_classes == (1, 2) and args.target_accuracy == 0.9 and args.seed == 3
+    )
     for f in dataclasses.fields(FedConfig):
         assert f.name in vars(args)
 

@@ -152,4 +152,3 @@ def test_history_csv_has_the_new_columns(tmp_path, digits):
     header = path.read_text().splitlines()[0].split(",")
     for column in ("server_alpha", "server_tau", "shared_divergence", "sim_seconds"):
         assert column in header
-

@@ -8,7 +8,10 @@ import fedlearn_lab as fl
 def test_digits_ship_offline_with_a_stratified_split(digits):
     assert digits.num_classes == 10 and digits.input_shape == (1, 8, 8)
     assert len(digits.y_train) + len(digits.y_test) == 1797
-    assert digits.x_train.dtype == torch.float32 and 0 <= digits.x_train.min() <= digits.x_train.max() <= 1
+    assert (
+        digits.x_train.dtype == torch.float32
+        and 0 <= digits.x_train.min() <= digits.x_train.max() <= 1
+    )
     train = np.bincount(digits.y_train.numpy()) / len(digits.y_train)
     test = np.bincount(digits.y_test.numpy()) / len(digits.y_test)
     assert np.abs(train - test).max() < 0.01
@@ -23,7 +26,9 @@ def test_synthetic_follows_the_recipe_and_has_a_natural_split():
     assert np.array_equal(joined, np.arange(len(data.y_train)))
     again = fl.synthetic(0.5, 0.5, num_devices=30, seed=0)
     assert torch.equal(again.x_train, data.x_train)
-    assert not torch.equal(fl.synthetic(0.5, 0.5, seed=1).x_train[:10], data.x_train[:10])
+    assert not torch.equal(
+        fl.synthetic(0.5, 0.5, seed=1).x_train[:10], data.x_train[:10]
+    )
 
 
 def test_synthetic_beta_moves_device_inputs_apart():

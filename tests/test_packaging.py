@@ -1,9 +1,9 @@
 """pyproject.toml is the source of truth; environment.yml, README and CI must agree."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -43,7 +43,9 @@ def test_environment_yml_lists_the_runtime_requirements_with_the_same_minimums()
 def test_readme_first_screen_gives_exactly_two_commands_and_ci_runs_the_test_one():
     readme = (ROOT / "README.md").read_text()
     first_block = re.search(r"```bash\n(.*?)```", readme, re.S).group(1)
-    commands = [line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()]
+    commands = [
+        line.split("#")[0].strip() for line in first_block.splitlines() if line.strip()
+    ]
     assert commands == ["make lab", "make test"]
     assert readme.index("```bash") < 800
     ci = (ROOT / ".ci" / "run").read_text()

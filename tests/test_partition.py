@@ -28,7 +28,9 @@ def _assert_disjoint_complete_nonempty(parts: list[np.ndarray], n: int) -> None:
 )
 def test_dirichlet_is_disjoint_complete_nonempty(n, devices, alpha, sigma, seed):
     labels = _labels(seed, n, 10)
-    parts = dirichlet(labels, devices, alpha, np.random.default_rng(seed), quantity_skew=sigma)
+    parts = dirichlet(
+        labels, devices, alpha, np.random.default_rng(seed), quantity_skew=sigma
+    )
     assert len(parts) == devices
     _assert_disjoint_complete_nonempty(parts, n)
 
@@ -47,7 +49,12 @@ def test_iid_sizes_differ_by_at_most_one(n, devices, seed):
 
 
 @settings(max_examples=40, deadline=None)
-@given(n=st.integers(50, 500), devices=st.integers(1, 20), sigma=st.floats(0.1, 3), seed=st.integers(0, 999))
+@given(
+    n=st.integers(50, 500),
+    devices=st.integers(1, 20),
+    sigma=st.floats(0.1, 3),
+    seed=st.integers(0, 999),
+)
 def test_quantity_skew_keeps_every_device_and_spreads_sizes(n, devices, sigma, seed):
     parts = iid(n, devices, np.random.default_rng(seed), quantity_skew=sigma)
     _assert_disjoint_complete_nonempty(parts, n)
@@ -105,15 +112,23 @@ def test_shared_split_is_class_balanced_and_disjoint(digits):
 
 def test_biased_shared_split_draws_only_named_classes(digits):
     labels = digits.y_train.numpy()
-    shared, _ = shared_split(labels, 0.1, np.random.default_rng(0), num_classes=10, classes=(0, 1, 2))
+    shared, _ = shared_split(
+        labels, 0.1, np.random.default_rng(0), num_classes=10, classes=(0, 1, 2)
+    )
     assert set(np.unique(labels[shared])) == {0, 1, 2}
     with pytest.raises(ValueError, match="shared_classes"):
-        shared_split(labels, 0.1, np.random.default_rng(0), num_classes=10, classes=(3, 12))
+        shared_split(
+            labels, 0.1, np.random.default_rng(0), num_classes=10, classes=(3, 12)
+        )
 
 
-@pytest.mark.parametrize("partition,skew", [("iid", 1.0), ("dirichlet", 0.3), ("shards", 2)])
+@pytest.mark.parametrize(
+    "partition,skew", [("iid", 1.0), ("dirichlet", 0.3), ("shards", 2)]
+)
 def test_federation_covers_training_set_once(digits, partition, skew):
-    fed = fl.Federation(fl.FedConfig(num_devices=40, partition=partition, skew=skew), digits)
+    fed = fl.Federation(
+        fl.FedConfig(num_devices=40, partition=partition, skew=skew), digits
+    )
     parts = [p.numpy() for p in fed.device_indices] + [fed.shared_indices.numpy()]
     _assert_disjoint_complete_nonempty(parts, len(digits.y_train))
 

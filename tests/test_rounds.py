@@ -11,8 +11,14 @@ from fedlearn_lab.metrics import evaluate
 
 def test_one_device_full_batch_step_equals_centralized_sgd(digits):
     cfg = fl.FedConfig(
-        num_devices=1, participation=1.0, local_epochs=1, batch_size=10_000,
-        shared_fraction=0.0, server_steps=0, rounds=1, local_lr=0.3,
+        num_devices=1,
+        participation=1.0,
+        local_epochs=1,
+        batch_size=10_000,
+        shared_fraction=0.0,
+        server_steps=0,
+        rounds=1,
+        local_lr=0.3,
     )
     fed = fl.Federation(cfg, digits)
     model = fed.publish()  # the initial global model
@@ -38,7 +44,9 @@ def test_round_record_describes_the_round(digits):
     assert rec.round == 1 and len(rec.devices) == 5 and len(set(rec.devices)) == 5
     assert rec.num_samples == sum(len(fed.device_indices[k]) for k in rec.devices)
     assert rec.server_steps == cfg.server_steps and rec.seconds > 0
-    acc, loss = evaluate(fed.setup.model, fed.state.weights, digits.x_test, digits.y_test)
+    acc, loss = evaluate(
+        fed.setup.model, fed.state.weights, digits.x_test, digits.y_test
+    )
     assert (rec.accuracy, rec.loss) == (acc, loss)
 
 
@@ -60,12 +68,17 @@ def test_stop_keeps_the_rounds_done_and_run_resumes(digits):
     assert len(fed.history) == 2
     fed.run()
     assert fed.history.rounds == [1, 2, 3, 4, 5]
-    assert fed.history.records == fl.Federation(fl.FedConfig(rounds=5), digits).run().records
+    assert (
+        fed.history.records
+        == fl.Federation(fl.FedConfig(rounds=5), digits).run().records
+    )
 
 
 def test_divergence_names_the_round_and_suggests_a_smaller_learning_rate(digits):
     fed = fl.Federation(fl.FedConfig(local_lr=1e30, rounds=10), digits)
-    with pytest.raises(fl.DivergedError, match=r"round 1 diverged.*smaller local_lr \(now 1e\+30\)"):
+    with pytest.raises(
+        fl.DivergedError, match=r"round 1 diverged.*smaller local_lr \(now 1e\+30\)"
+    ):
         fed.run()
     assert len(fed.history) == 0
 
@@ -76,7 +89,9 @@ def test_divergence_mid_run_keeps_the_earlier_rounds(digits):
     blown = {k: v.clone() for k, v in fed.state.weights.items()}
     blown["fc1.weight"][0, 0] = float("inf")  # as if the last update had overflowed
     fed.state = fl.ServerState(fed.round, blown)
-    with pytest.raises(fl.DivergedError, match=r"round 3 diverged.*keeps rounds 1\.\.2"):
+    with pytest.raises(
+        fl.DivergedError, match=r"round 3 diverged.*keeps rounds 1\.\.2"
+    ):
         fed.run()
     assert fed.history.rounds == [1, 2]
 
@@ -93,25 +108,34 @@ def test_same_seed_gives_identical_history_and_other_seed_does_not(digits):
 def test_history_is_bit_identical_across_processes(digits, tmp_path):
     code = (
         "import torch, fedlearn_lab as fl; torch.set_num_threads(1);"
-        f"fl.Federation(fl.FedConfig(rounds=3), fl.load_digits()).run().to_csv({str(tmp_path / 'b.csv')!r})"
+        "fl.Federation(fl.FedConfig(rounds=3), fl.load_digits()).run()"
+        f".to_csv({str(tmp_path / 'b.csv')!r})"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     fl.Federation(fl.FedConfig(rounds=3), digits).run().to_csv(tmp_path / "a.csv")
 
     def without_seconds(path):
         with path.open() as f:
-            return [{k: v for k, v in row.items() if k != "seconds"} for row in csv.DictReader(f)]
+            return [
+                {k: v for k, v in row.items() if k != "seconds"}
+                for row in csv.DictReader(f)
+            ]
 
     assert without_seconds(tmp_path / "a.csv") == without_seconds(tmp_path / "b.csv")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("classes_per_device", [1, 2])
-def test_server_adjustment_beats_fedavg_on_strongly_non_iid_digits(digits, classes_per_device):
+def test_server_adjustment_beats_fedavg_on_strongly_non_iid_digits(
+    digits, classes_per_device
+):
     cfg = fl.FedConfig(partition="shards", skew=classes_per_device, rounds=20)
 
     def mean_final(steps):
-        runs = [fl.Federation(cfg.replace(seed=s, server_steps=steps), digits).run() for s in range(3)]
+        runs = [
+            fl.Federation(cfg.replace(seed=s, server_steps=steps), digits).run()
+            for s in range(3)
+        ]
         return sum(h.final_accuracy for h in runs) / 3
 
     assert mean_final(5) > mean_final(0) + 0.02

@@ -10,7 +10,9 @@ import fedlearn_lab as fl
     participation=st.floats(0.001, 1.0),
     seed=st.integers(0, 2**31),
 )
-def test_sampled_ids_unique_in_range_and_counted_by_the_rule(num_devices, participation, seed):
+def test_sampled_ids_unique_in_range_and_counted_by_the_rule(
+    num_devices, participation, seed
+):
     ids = fl.sample_devices(num_devices, participation, np.random.default_rng(seed))
     assert len(np.unique(ids)) == len(ids)
     assert ids.min() >= 0 and ids.max() < num_devices
@@ -27,5 +29,7 @@ def test_rounding_rule_is_half_up_with_at_least_one_device():
 
 
 def test_different_generators_sample_differently():
-    draws = {tuple(fl.sample_devices(100, 0.1, np.random.default_rng(s))) for s in range(5)}
+    draws = {
+        tuple(fl.sample_devices(100, 0.1, np.random.default_rng(s))) for s in range(5)
+    }
     assert len(draws) == 5

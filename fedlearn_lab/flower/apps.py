@@ -35,8 +35,8 @@ from ..cli import _load_dataset as load_dataset
 from ..config import FedConfig
 from ..data import Dataset
 from ..history import History, RoundRecord
-from ..publish import save_model
 from ..methods import device_data
+from ..publish import save_model
 from ..rounds import ServerState, Setup, finish_round, make_setup
 from ..sampling import sample_devices
 from ..seeding import numpy_rng, torch_generator
