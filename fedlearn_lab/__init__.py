@@ -8,7 +8,7 @@ shared dataset it holds.
 from .aggregation import fedavg
 from .compare import Summary, adjustment_gain, compare, format_summary, summarize
 from .config import FedConfig
-from .data import Dataset, from_arrays, load_digits, synthetic
+from .data import Dataset, from_arrays, load_dataset, load_digits, synthetic
 from .history import History, RoundRecord
 from .methods import METHODS, method_of
 from .publish import load_model, save_model
@@ -32,6 +32,7 @@ __all__ = [
     "fedavg",
     "format_summary",
     "from_arrays",
+    "load_dataset",
     "load_digits",
     "load_model",
     "method_of",

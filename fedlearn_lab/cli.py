@@ -63,19 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_dataset(spec: str, seed: int):
-    from .data import load_digits, synthetic
-
-    if spec == "digits":
-        return load_digits(seed=seed)
-    if spec.startswith("synthetic:"):
-        alpha, beta = (float(v) for v in spec.split(":", 1)[1].split(","))
-        return synthetic(alpha, beta, seed=seed)
-    raise ValueError(
-        f"dataset must be 'digits' or 'synthetic:ALPHA,BETA', got {spec!r}"
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``fedlearn-lab``; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -91,12 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     matplotlib.use("Agg")
     from tqdm import tqdm
 
+    from .data import load_dataset
     from .plots import plot_accuracy
     from .publish import save_model
     from .rounds import DivergedError, Federation
 
     try:
-        fed = Federation(cfg, _load_dataset(args.dataset, cfg.seed))
+        fed = Federation(cfg, load_dataset(args.dataset, cfg.seed))
     except ValueError as err:
         print(f"fedlearn-lab: error: {err}", file=sys.stderr)
         return 2

@@ -66,6 +66,22 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     )
 
 
+def load_dataset(spec: str, seed: int = 0) -> Dataset:
+    """A built-in dataset by name: ``"digits"`` or ``"synthetic:ALPHA,BETA"``."""
+    if spec == "digits":
+        return load_digits(seed=seed)
+    if spec.startswith("synthetic:"):
+        try:
+            alpha, beta = (float(v) for v in spec.split(":", 1)[1].split(","))
+        except ValueError:
+            pass
+        else:
+            return synthetic(alpha, beta, seed=seed)
+    raise ValueError(
+        f"dataset must be 'digits' or 'synthetic:ALPHA,BETA', got {spec!r}"
+    )
+
+
 def from_arrays(
     X: np.ndarray | torch.Tensor,
     y: np.ndarray | torch.Tensor,

@@ -78,3 +78,11 @@ def test_from_arrays_accepts_numpy_and_torch_and_remaps_labels():
 def test_from_arrays_rejects_bad_input_clearly(X, y, match):
     with pytest.raises(ValueError, match=match):
         fl.from_arrays(X, y)
+
+
+def test_load_dataset_by_name():
+    assert fl.load_dataset("digits").name == "digits"
+    assert fl.load_dataset("synthetic:0.5,1", seed=0).name == "synthetic(0.5,1)"
+    for bad in ("mnist", "synthetic:0.5", "synthetic:a,b"):
+        with pytest.raises(ValueError, match="dataset must be 'digits' or"):
+            fl.load_dataset(bad)

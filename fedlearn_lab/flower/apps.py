@@ -31,9 +31,8 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from .. import local
-from ..cli import _load_dataset as load_dataset
 from ..config import FedConfig
-from ..data import Dataset
+from ..data import Dataset, load_dataset
 from ..history import History, RoundRecord
 from ..methods import device_data
 from ..publish import save_model

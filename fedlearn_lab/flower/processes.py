@@ -31,8 +31,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from ..cli import _load_dataset as load_dataset
 from ..config import FedConfig
+from ..data import load_dataset
 from ..history import History
 from ..rounds import make_setup
 from .apps import load_history
