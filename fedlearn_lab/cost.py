@@ -41,8 +41,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .weights import Weights
-
 TRAIN_FLOPS_PER_MAC = 6
 EVAL_FLOPS_PER_MAC = 2
 LABEL_BYTES = 8  # int64
@@ -69,11 +67,6 @@ def forward_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for handle in handles:
             handle.remove()
     return macs
-
-
-def weights_bytes(weights: Weights) -> int:
-    """Bytes needed to send ``weights`` (all tensors, at their own dtype)."""
-    return sum(v.numel() * v.element_size() for v in weights.values())
 
 
 def train_flops(macs: int, samples: int) -> int:

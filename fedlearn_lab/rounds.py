@@ -21,7 +21,7 @@ from torch import nn
 from . import attacks, faults, local
 from .aggregation import AGGREGATORS, Stacked
 from .config import FedConfig
-from .cost import forward_macs, weights_bytes
+from .cost import forward_macs
 from .data import Dataset, load_digits
 from .engines import ENGINES
 from .feddu import js_divergence, label_distribution
@@ -33,7 +33,7 @@ from .momentum import momentum_step
 from .partition import label_counts, partition_devices, shared_split
 from .sampling import sample_devices
 from .seeding import numpy_rng, torch_generator
-from .weights import Updates, Weights, clone, stack, take, unstack
+from .weights import Updates, Weights, clone, stack, take, unstack, weights_bytes
 
 
 class DivergedError(RuntimeError):

@@ -27,7 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from .local import batch_orders
 from .models import MLP, LogReg
-from .weights import Weights
+from .weights import Weights, weights_bytes
 
 # Per step: data indices (active, width); labels and loss weights (active, 1, width).
 Plan = list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
@@ -62,7 +62,7 @@ def train_devices(
     # Largest first, so the devices still training form a prefix; chunks of devices
     # whose weights fit in cache train together.
     rank = sizes.argsort(descending=True, stable=True)
-    for chunk in rank.split(_CACHE_BYTES // _num_bytes(weights) or 1):
+    for chunk in rank.split(_CACHE_BYTES // weights_bytes(weights) or 1):
         devices = [device_indices[k] for k in chunk.tolist()]
         plan = _device_plan(devices, sizes[chunk], orders[chunk], y, batch_size)
         stacked = {k: v.expand(chunk.shape[0], *v.shape) for k, v in weights.items()}
@@ -107,10 +107,6 @@ def _device_plan(
         for e in range(epochs)
         for r, (a, w) in enumerate(zip(active, width, strict=True))
     ]
-
-
-def _num_bytes(weights: Weights) -> int:
-    return sum(v.numel() * v.element_size() for v in weights.values())
 
 
 def sgd(

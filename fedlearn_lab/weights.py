@@ -82,6 +82,6 @@ def take(updates: Updates, rows: Sequence[int]) -> Weights:
     return {k: v[index] for k, v in updates.items()}
 
 
-def num_parameters(a: Weights) -> int:
-    """Total number of scalars."""
-    return sum(v.numel() for v in a.values())
+def weights_bytes(weights: Weights) -> int:
+    """Bytes of all tensors in ``weights``, at their own dtype (one transfer's size)."""
+    return sum(v.numel() * v.element_size() for v in weights.values())

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
-from fedlearn_lab.cost import Links, forward_macs, round_cost, weights_bytes
+from fedlearn_lab.cost import Links, forward_macs, round_cost
 from fedlearn_lab.history import RoundRecord
 from fedlearn_lab.models import make_model
+from fedlearn_lab.weights import weights_bytes
 
 LINKS = Links(
     device_gflops=1.0, server_gflops=100.0, device_mbps=50.0, server_mbps=100.0
