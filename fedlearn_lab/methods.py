@@ -122,12 +122,13 @@ class ServerUpdate:
 
 def _adjust(setup: Setup, weights: Weights, steps: int, round_idx: int) -> ServerUpdate:
     """``steps`` SGD steps on the shared dataset, with their FLOPs."""
-    cfg, data, shared = setup.cfg, setup.data, setup.shared_indices
+    cfg = setup.cfg
+    x_shared, y_shared = setup.shared_data
     adjusted, stats = server_adjust(
         setup.model,
         weights,
-        data.x_train[shared],
-        data.y_train[shared],
+        x_shared,
+        y_shared,
         steps=steps,
         lr=cfg.server_lr,
         batch_size=cfg.server_batch_size,
@@ -135,7 +136,7 @@ def _adjust(setup: Setup, weights: Weights, steps: int, round_idx: int) -> Serve
         sgd=ENGINES[cfg.engine].sgd,
     )
     done = int(stats["server_steps"])
-    samples = done * min(cfg.server_batch_size, len(shared))
+    samples = done * min(cfg.server_batch_size, len(y_shared))
     return ServerUpdate(
         adjusted, done, stats["server_loss"], train_flops(setup.macs, samples)
     )
@@ -152,12 +153,10 @@ def feddu_schedule(setup: Setup, weights: Weights, info: SampledInfo) -> ServerU
     A round in which no device update was aggregated (faults) gives no devices' data
     to balance: FedDU then does nothing (alpha_t = tau_t = 0).
     """
-    cfg, data, shared = setup.cfg, setup.data, setup.shared_indices
+    cfg, shared = setup.cfg, setup.shared_indices
     if info.num_sampled == 0:
         return ServerUpdate(weights, alpha=0.0, tau=0)
-    shared_accuracy, _ = evaluate(
-        setup.model, weights, data.x_train[shared], data.y_train[shared]
-    )
+    shared_accuracy, _ = evaluate(setup.model, weights, *setup.shared_data)
     alpha = alpha_t(
         shared_accuracy,
         num_shared=len(shared),

@@ -6,6 +6,7 @@ state, the history, and the end condition; ``run`` is the one-call version.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -62,23 +63,26 @@ class Setup:
     device_indices: list[torch.Tensor]
     shared_indices: torch.Tensor
 
-    def divergence(self, indices: torch.Tensor) -> float:
-        """D: the JS divergence of the labels at ``indices`` from all device data's."""
-        labels = self.data.y_train[indices].numpy()
-        own = label_distribution(labels, self.data.num_classes)
-        return js_divergence(own, self.label_prior)
-
     @cached_property
     def label_prior(self) -> np.ndarray:
         """P: the label distribution of all device data together."""
-        labels = self.data.y_train[torch.cat(self.device_indices)].numpy()
-        return label_distribution(labels, self.data.num_classes)
+        counts = self.label_counts.sum(0)
+        return counts / counts.sum()
+
+    @cached_property
+    def shared_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared dataset's features and labels, indexed once."""
+        shared = self.shared_indices
+        return self.data.x_train[shared], self.data.y_train[shared]
 
     @cached_property
     def shared_divergence(self) -> float | None:
         """D(P0): how far the shared dataset's labels are from P (None if empty)."""
-        shared = self.shared_indices
-        return self.divergence(shared) if len(shared) else None
+        labels = self.shared_data[1].numpy()
+        if len(labels) == 0:
+            return None
+        own = label_distribution(labels, self.data.num_classes)
+        return js_divergence(own, self.label_prior)
 
     @cached_property
     def device_sizes(self) -> list[int]:
@@ -444,13 +448,7 @@ class Federation:
 
     def publish(self) -> nn.Module:
         """The trained global model as a ready-to-use ``torch.nn.Module``."""
-        model = make_model(
-            self.cfg.model,
-            self.data.input_shape,
-            self.data.num_classes,
-            torch.Generator().manual_seed(0),
-            hidden=self.cfg.hidden,
-        )
+        model = copy.deepcopy(self.setup.model)  # the round's model is never changed
         model.load_state_dict(clone(self.state.weights))
         return model
 
