@@ -10,7 +10,7 @@ from .compare import Summary, adjustment_gain, compare, format_summary, summariz
 from .config import FedConfig
 from .data import Dataset, from_arrays, load_dataset, load_digits, synthetic
 from .history import History, RoundRecord
-from .methods import METHODS, method_of
+from .methods import METHODS, inactive_settings, method_of
 from .publish import load_model, save_model
 from .rounds import DivergedError, Federation, Result, ServerState, run, run_round
 from .sampling import num_sampled, sample_devices
@@ -32,6 +32,7 @@ __all__ = [
     "fedavg",
     "format_summary",
     "from_arrays",
+    "inactive_settings",
     "load_dataset",
     "load_digits",
     "load_model",

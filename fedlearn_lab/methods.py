@@ -67,6 +67,37 @@ def method_of(cfg: FedConfig) -> str:
     return "fixed" if cfg.server_steps > 0 else "fedavg"
 
 
+def inactive_settings(cfg: FedConfig) -> dict[str, str]:
+    """The fields that have no effect under ``cfg``, each with the reason why.
+
+    The playground disables these controls and shows the reason as their tooltip.
+    """
+    why: dict[str, str] = {}
+    server = ("server_schedule", "server_steps", "server_lr", "server_batch_size")
+    feddu = ("feddu_mode", "server_decay")
+    if cfg.shared_use != "adjust":
+        reason = f"shared_use={cfg.shared_use!r} has no server adjustment"
+        why.update(dict.fromkeys(server + feddu, reason))
+    elif cfg.server_schedule == "feddu":
+        why["server_steps"] = "FedDU sets the server steps each round"
+    else:
+        why.update(dict.fromkeys(feddu, "only FedDU (server_schedule='feddu') uses it"))
+        if cfg.server_steps == 0:
+            reason = "server_steps=0: no server adjustment (plain FedAvg)"
+            why.update(dict.fromkeys(server[2:], reason))
+    if cfg.shared_fraction == 0:
+        reason = "shared_fraction=0: there is no shared dataset"
+        why.update(dict.fromkeys(("shared_use", "shared_classes"), reason))
+    if cfg.server_momentum == "none":
+        why["momentum_beta"] = "server_momentum='none'"
+    if cfg.malicious_fraction == 0:
+        reason = "malicious_fraction=0: no device attacks"
+        why.update(dict.fromkeys(("attack", "attack_strength"), reason))
+    if cfg.partition in ("iid", "natural"):
+        why["skew"] = f"partition={cfg.partition!r} has no label skew to set"
+    return why
+
+
 def device_data(setup: Setup, sampled_ids: Any) -> list[torch.Tensor]:
     """Each sampled device's training indices (plus the shared copy if data sharing)."""
     own = [setup.device_indices[k] for k in sampled_ids]

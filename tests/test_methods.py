@@ -253,3 +253,14 @@ def test_a_checkpoint_resumes_feddu_with_momentum_bit_for_bit(digits, tmp_path):
     resumed.run()
     assert resumed.history.records == straight.history.records
     _assert_same_weights(resumed.state.weights, straight.state.weights)
+
+
+def test_inactive_settings_names_what_each_method_ignores():
+    feddu = fl.FedConfig(**fl.METHODS["feddu"])
+    assert set(fl.inactive_settings(feddu)) >= {"server_steps", "momentum_beta"}
+    assert "feddu_mode" not in fl.inactive_settings(feddu)
+    hybrid = fl.inactive_settings(fl.FedConfig(**fl.METHODS["hybrid"]))
+    assert {"server_steps", "server_schedule", "server_lr"} <= set(hybrid)
+    fixed = fl.inactive_settings(fl.FedConfig())
+    assert "server_steps" not in fixed and "feddu_mode" in fixed
+    assert "server_lr" in fl.inactive_settings(fl.FedConfig(**fl.METHODS["fedavg"]))
