@@ -9,12 +9,20 @@ from .aggregation import fedavg
 from .compare import Summary, adjustment_gain, compare, format_summary, summarize
 from .config import FedConfig
 from .data import Dataset, from_arrays, load_dataset, load_digits, synthetic
+from .federation import Federation, Result, run
 from .history import History, RoundRecord
 from .methods import METHODS, inactive_settings, method_of
 from .publish import load_model, save_model
-from .rounds import DivergedError, Federation, Result, ServerState, run, run_round
-from .sampling import num_sampled, sample_devices
+from .rounds import (
+    DivergedError,
+    RoundPlan,
+    num_sampled,
+    plan_round,
+    run_round,
+    sample_devices,
+)
 from .server import server_adjust
+from .state import ServerState, Setup
 
 __all__ = [
     "METHODS",
@@ -24,8 +32,10 @@ __all__ = [
     "Federation",
     "History",
     "Result",
+    "RoundPlan",
     "RoundRecord",
     "ServerState",
+    "Setup",
     "Summary",
     "adjustment_gain",
     "compare",
@@ -38,6 +48,7 @@ __all__ = [
     "load_model",
     "method_of",
     "num_sampled",
+    "plan_round",
     "run",
     "run_round",
     "sample_devices",

@@ -25,29 +25,29 @@ import os
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from .aggregation import validate_update
 from .config import FedConfig
 from .data import Dataset
-from .faults import validate_update
 from .history import History, RoundRecord
-
-if TYPE_CHECKING:
-    from .rounds import Federation
+from .state import ServerState, Setup, make_setup
 
 FORMAT = "fedlearn_lab.checkpoint/1"
 _DATA = ("x_train", "y_train", "x_test", "y_test")
 
 
-def save_federation(fed: Federation, path: str | Path) -> Path:
-    """Write ``fed`` (config, data, partitions, server state, history) to ``path``."""
+def save_checkpoint(
+    path: str | Path, setup: Setup, state: ServerState, history: History
+) -> Path:
+    """Write a run (config, data, partitions, server state, history) to ``path``."""
     path = Path(path)
-    data = fed.data
+    data = setup.data
     meta = {
         "format": FORMAT,
-        "config": fed.cfg.to_dict(),
+        "config": setup.cfg.to_dict(),
         "dataset": {
             "name": data.name,
             "num_classes": data.num_classes,
@@ -60,12 +60,10 @@ def save_federation(fed: Federation, path: str | Path) -> Path:
         "natural_partition": None
         if natural is None
         else [torch.from_numpy(p) for p in natural],
-        "device_indices": list(fed.device_indices),
-        "shared_indices": fed.shared_indices,
-        "state": {
-            f.name: getattr(fed.state, f.name) for f in dataclasses.fields(fed.state)
-        },
-        "history": [dataclasses.asdict(r) for r in fed.history],
+        "device_indices": list(setup.device_indices),
+        "shared_indices": setup.shared_indices,
+        "state": {f.name: getattr(state, f.name) for f in dataclasses.fields(state)},
+        "history": [dataclasses.asdict(r) for r in history],
     }
     tensors = io.BytesIO()
     torch.save(payload, tensors)
@@ -77,8 +75,8 @@ def save_federation(fed: Federation, path: str | Path) -> Path:
     return path
 
 
-def load_federation(path: str | Path) -> Federation:
-    """Rebuild the federation saved at ``path``, ready to run its next round."""
+def load_checkpoint(path: str | Path) -> tuple[Setup, ServerState, History]:
+    """Read the run saved at ``path``, ready to run its next round."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
@@ -97,9 +95,9 @@ def load_federation(path: str | Path) -> Federation:
         ) from err
 
 
-def _rebuild(meta: dict[str, Any], payload: dict[str, Any]) -> Federation:
-    from .rounds import Federation, ServerState
-
+def _rebuild(
+    meta: dict[str, Any], payload: dict[str, Any]
+) -> tuple[Setup, ServerState, History]:
     cfg = FedConfig.from_dict(meta["config"])
     described = meta["dataset"]
     natural = payload["natural_partition"]
@@ -110,24 +108,24 @@ def _rebuild(meta: dict[str, Any], payload: dict[str, Any]) -> Federation:
         input_shape=tuple(described["input_shape"]),
         natural_partition=None if natural is None else [p.numpy() for p in natural],
     )
-    fed = Federation(cfg, data)
     device_indices = list(payload["device_indices"])
     shared_indices = payload["shared_indices"]
     _check_indices(
         device_indices + [shared_indices], len(data.y_train), cfg.num_devices
     )
-    fed.setup = dataclasses.replace(
-        fed.setup, device_indices=device_indices, shared_indices=shared_indices
+    setup = dataclasses.replace(
+        make_setup(cfg, data),
+        device_indices=device_indices,
+        shared_indices=shared_indices,
     )
     state = ServerState(**payload["state"])
-    reason = validate_update(state.weights, dict(fed.setup.model.state_dict()))
+    reason = validate_update(state.weights, dict(setup.model.state_dict()))
     if reason is not None:
         raise ValueError(f"the saved global model does not fit the config ({reason})")
     history = History([RoundRecord(**r) for r in payload["history"]])
     if len(history) != state.round_idx:
         raise ValueError(f"{len(history)} records for {state.round_idx} rounds")
-    fed.state, fed.history = state, history
-    return fed
+    return setup, state, history
 
 
 def _check_indices(indices: list[Any], num_train: int, num_devices: int) -> None:

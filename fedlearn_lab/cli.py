@@ -79,9 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from .data import load_dataset
+    from .federation import Federation
     from .plots import plot_accuracy
     from .publish import save_model
-    from .rounds import DivergedError, Federation
+    from .rounds import DivergedError
 
     try:
         fed = Federation(cfg, load_dataset(args.dataset, cfg.seed))

@@ -10,9 +10,9 @@ import numpy as np
 
 from .config import FedConfig
 from .data import Dataset
+from .federation import Federation
 from .history import History
 from .methods import METHODS
-from .rounds import Federation
 
 
 def compare(

@@ -91,13 +91,21 @@ class RoundCost:
 
 
 @dataclass(frozen=True)
-class Links:
-    """Compute speeds (GFLOP/s) and bandwidths (Mbit/s) of devices and server."""
+class CostModel:
+    """The cost of one run's rounds: its links (compute speeds in GFLOP/s, bandwidths
+    in Mbit/s) and what stays the same every round (see the module docstring)."""
 
     device_gflops: float
     server_gflops: float
     device_mbps: float
     server_mbps: float
+    model_bytes: int  # one transfer of the model
+    flops_per_sample: int  # a device's training FLOPs per sample, all local epochs
+    server_alongside: bool = False  # the server computes while the devices do
+    # A one-off send before round 1 of this many bytes to each of this many devices
+    # (data sharing's copy of the shared dataset).
+    broadcast_bytes: int = 0
+    broadcast_count: int = 0
 
     def transfer_seconds(self, num_bytes: int, count: int) -> float:
         """Time to move ``num_bytes`` to or from each of ``count`` devices."""
@@ -106,48 +114,24 @@ class Links:
             count * bits / (self.server_mbps * 1e6), bits / (self.device_mbps * 1e6)
         )
 
-
-def round_cost(
-    links: Links,
-    *,
-    model_bytes: int,
-    num_sent: int,
-    device_flops: Sequence[int],
-    server_flops: int,
-    server_alongside: bool = False,
-    broadcast_bytes: int = 0,
-    broadcast_count: int = 0,
-) -> RoundCost:
-    """The cost of one round.
-
-    Parameters
-    ----------
-    num_sent
-        Devices the model was sent to (all sampled ones).
-    device_flops
-        FLOPs of each device that trained and returned its model.
-    server_flops
-        FLOPs the server spends on training (and FedDU's evaluation).
-    server_alongside
-        True if the server computes while the devices do (Hybrid-FL).
-    broadcast_bytes, broadcast_count
-        A one-off send of ``broadcast_bytes`` to each of ``broadcast_count`` devices
-        before the round (data sharing's copy of the shared dataset in round 1).
-    """
-    num_returned = len(device_flops)
-    device_s = max(device_flops, default=0) / (links.device_gflops * 1e9)
-    server_s = server_flops / (links.server_gflops * 1e9)
-    compute_s = max(device_s, server_s) if server_alongside else device_s + server_s
-    seconds = (
-        links.transfer_seconds(broadcast_bytes, broadcast_count)
-        + links.transfer_seconds(model_bytes, num_sent)
-        + links.transfer_seconds(model_bytes, num_returned)
-        + compute_s
-    )
-    return RoundCost(
-        bytes_sent=model_bytes * num_sent + broadcast_bytes * broadcast_count,
-        bytes_received=model_bytes * num_returned,
-        device_flops=int(sum(device_flops)),
-        server_flops=int(server_flops),
-        sim_seconds=seconds,
-    )
+    def round(
+        self, round_idx: int, num_sent: int, sizes: Sequence[int], server_flops: int
+    ) -> RoundCost:
+        """The cost of round ``round_idx``, which sent the model to ``num_sent``
+        devices, of which those that returned trained on ``sizes`` samples each,
+        while the server spent ``server_flops``."""
+        device_flops = [self.flops_per_sample * n for n in sizes]
+        device_s = max(device_flops, default=0) / (self.device_gflops * 1e9)
+        server_s = server_flops / (self.server_gflops * 1e9)
+        both = max(device_s, server_s) if self.server_alongside else device_s + server_s
+        down = [
+            (self.broadcast_bytes, self.broadcast_count),
+            (self.model_bytes, num_sent),
+        ]
+        if round_idx != 1:  # the broadcast is a one-off, before round 1
+            down[0] = (0, 0)
+        up = (self.model_bytes, len(sizes))
+        seconds = sum(self.transfer_seconds(*move) for move in [*down, up]) + both
+        sent = sum(num_bytes * count for num_bytes, count in down)
+        flops = sum(device_flops), int(server_flops)
+        return RoundCost(sent, math.prod(up), *flops, seconds)

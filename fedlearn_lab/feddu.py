@@ -10,10 +10,10 @@ and turns it into a number of server steps
 
     tau_t = floor(alpha_t * n't E / (m B)),  capped at ceil(n0 / B_server) E,
 
-where D is the Jensen-Shannon divergence from P, the label distribution of all device
-data; P0 is the shared dataset's label distribution and P't that of the data on this
-round's m sampled devices (n't samples); acc_t is the aggregation model's accuracy on
-the shared dataset; E and B are the devices' local epochs and batch size, so
+where D is the label divergence (Jensen-Shannon) from P, the label distribution of all
+device data; P0 is the shared dataset's label distribution and P't that of the data
+on this round's m sampled devices (n't samples); acc_t is the aggregation model's
+accuracy on the shared dataset; E and B are the devices' local epochs and batch size, so
 ``n't E / (m B)`` is the average number of local steps per device. The server thus
 does more when the devices' data is far from P, when the shared dataset is close to
 it and large, and when the model still errs on the shared dataset; ``decay`` fades
@@ -29,7 +29,7 @@ Two published readings use these numbers (``FedConfig.feddu_mode``):
 Choices made here (each documented where it lives): label frequencies are exact,
 not rounded to 3 decimals as in the released code (``decimals=3`` reproduces it);
 the decay exponent counts the rounds finished before this one (0 in round 1), as
-the released code's loop index does; 0/0 in alpha (both divergences zero) is 0.
+the released code's loop index does; 0/0 in alpha (both label divergences zero) is 0.
 Not reproduced: the released code's learning-rate decay (0.99 per round) and its
 guards (rolling back a server update whose loss triples, dropping device updates
 whose loss triples).
@@ -67,8 +67,10 @@ def _kl2(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(p[keep] * np.log2(p[keep] / q[keep])))
 
 
-def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence of two distributions in bits: 0 (equal) to 1 (apart).
+def label_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Label divergence: the Jensen-Shannon divergence of two label distributions, in
+    bits: 0 (equal) to 1 (apart). (Not to be confused with a run that diverges, the
+    NaN blow-up of :class:`fedlearn_lab.DivergedError`.)
 
     ``JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2`` with ``m = (p + q) / 2``; entries
     where a distribution is zero add nothing.
@@ -87,8 +89,8 @@ def alpha_t(
     *,
     num_shared: int,
     num_sampled_samples: int,
-    shared_divergence: float,
-    sampled_divergence: float,
+    shared_label_divergence: float,
+    sampled_label_divergence: float,
     decay: float,
     round_idx: int,
 ) -> float:
@@ -100,15 +102,15 @@ def alpha_t(
         acc_t: the aggregation model's accuracy on the shared dataset.
     num_shared, num_sampled_samples
         n0 and n't: samples in the shared dataset and on the sampled devices.
-    shared_divergence, sampled_divergence
-        D(P0) and D(P't): divergence of the shared and the sampled data from P.
+    shared_label_divergence, sampled_label_divergence
+        D(P0) and D(P't): label divergence of the shared and the sampled data from P.
     decay, round_idx
         The factor ``decay ** (round_idx - 1)``.
     """
     if round_idx < 1:
         raise ValueError(f"round_idx must be an integer >= 1, got {round_idx!r}")
-    shared_part = num_shared * sampled_divergence
-    total = shared_part + num_sampled_samples * shared_divergence
+    shared_part = num_shared * sampled_label_divergence
+    total = shared_part + num_sampled_samples * shared_label_divergence
     balance = shared_part / total if total > 0 else 0.0
     return (1 - shared_accuracy) * balance * decay ** (round_idx - 1)
 

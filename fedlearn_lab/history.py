@@ -33,12 +33,13 @@ class RoundRecord:
     server_steps: int
     server_loss: float
     # FedDU (feddu.py): alpha_t and tau_t (None unless server_schedule="feddu"), and
-    # the divergences D(P0) of the shared dataset (None if empty) and D(P't) of the
-    # sampled devices' data, both from the label distribution of all device data.
+    # the label divergences D(P0) of the shared dataset (None if empty) and D(P't) of
+    # the aggregated devices' data, both from the label distribution of all device
+    # data.
     server_alpha: float | None = None
     server_tau: int | None = None
-    shared_divergence: float | None = None
-    sampled_divergence: float | None = None
+    shared_label_divergence: float | None = None
+    sampled_label_divergence: float | None = None
     # Cost of the round (cost.py): bytes the server sent and received, FLOPs, and
     # the simulated wall-clock seconds of the round.
     bytes_sent: int = 0

@@ -1,40 +1,67 @@
-"""The federated loop: sample -> send -> train -> aggregate -> adjust -> evaluate.
+"""One round, as functions of explicit state: plan, devices' side, server's side.
 
-``run_round`` is one round as a function of explicit state; ``Federation`` keeps that
-state, the history, and the end condition; ``run`` is the one-call version.
+=============  ==========================================  ====================
+step           what happens                                function
+=============  ==========================================  ====================
+sample         the server draws ``participation`` of the   :func:`plan_round`
+               devices; faults and attackers are decided
+send + train   each returned device trains from the        :func:`train_returned`
+               global weights (an attacker then corrupts   (one device:
+               what it sends)                              :func:`train_device`)
+screen         NaN/Inf and outsized updates are left out   :func:`finish_round`
+aggregate      FedAvg (or a robust rule) of the rest
+adjust         SGD steps on the shared dataset
+evaluate       test accuracy before and after adjusting
+=============  ==========================================  ====================
+
+``run_round`` chains them. The in-process loop and the Flower bridge
+(:mod:`fedlearn_lab.flower`) both call :func:`plan_round`, :func:`train_device` (or
+its all-at-once form) and :func:`finish_round`: one round, one path.
+
+Inside a round, the devices' returned weights (their *updates*, see
+:mod:`fedlearn_lab.weights`) are stacked along a leading device axis, row ``i``
+from device ``plan.returned[i]``.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from functools import cached_property
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from . import attacks, faults, local
-from .aggregation import AGGREGATORS, Stacked
+from . import attacks, faults
+from .aggregation import AGGREGATORS, Stacked, screen_updates
 from .config import FedConfig
-from .cost import forward_macs
-from .data import Dataset, load_digits
-from .engines import ENGINES
-from .feddu import js_divergence, label_distribution
 from .history import History, RoundRecord
-from .methods import SampledInfo, device_data, method_cost, server_device, server_update
-from .metrics import per_device_accuracy
-from .models import make_model
 from .momentum import momentum_step
-from .partition import label_counts, partition_devices, shared_split
-from .sampling import sample_devices
+from .reference import batch_orders, minibatches, sgd
 from .seeding import numpy_rng, torch_generator
-from .weights import Updates, Weights, clone, stack, take, unstack, weights_bytes
+from .server import SCHEDULES, ServerUpdate, train_alongside
+from .state import ServerState, Setup
+from .weights import Weights
+
+
+def num_sampled(num_devices: int, participation: float) -> int:
+    """Devices per round: ``participation * num_devices`` rounded half up, at least 1.
+
+    The product is first rounded to 9 decimals so that float noise such as
+    ``0.15 * 10 = 1.4999999999999998`` rounds as a person would (to 2).
+    """
+    return max(1, math.floor(round(participation * num_devices, 9) + 0.5))
+
+
+def sample_devices(
+    num_devices: int, participation: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw :func:`num_sampled` distinct device ids uniformly, returned sorted."""
+    if not 0 < participation <= 1:
+        raise ValueError(f"participation must be in (0, 1], got {participation!r}")
+    count = num_sampled(num_devices, participation)
+    return np.sort(rng.choice(num_devices, size=count, replace=False))
 
 
 class DivergedError(RuntimeError):
@@ -45,457 +72,239 @@ class DivergedError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ServerState:
-    """What the server carries from round to round (``momentum``: see momentum.py)."""
+class RoundPlan:
+    """Who takes part in round ``round_idx`` (a pure function of config, seed, round).
+
+    ``sampled`` devices get the global model; ``returned`` send their weights back in
+    time; ``lost`` names the others and why (``"dropout"``, ``"deadline"``);
+    ``malicious`` are the returned devices that attack.
+    """
 
     round_idx: int
-    weights: Weights
-    momentum: Weights | None = None
+    sampled: np.ndarray
+    returned: np.ndarray
+    lost: dict[int, str]
+    malicious: np.ndarray
 
 
-@dataclass(frozen=True, eq=False)
-class Setup:
-    """Everything a round reads but never changes: config, data, model, partitions."""
-
-    cfg: FedConfig
-    data: Dataset
-    model: nn.Module
-    device_indices: list[torch.Tensor]
-    shared_indices: torch.Tensor
-
-    @cached_property
-    def label_prior(self) -> np.ndarray:
-        """P: the label distribution of all device data together."""
-        counts = self.label_counts.sum(0)
-        return counts / counts.sum()
-
-    @cached_property
-    def shared_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The shared dataset's features and labels, indexed once."""
-        shared = self.shared_indices
-        return self.data.x_train[shared], self.data.y_train[shared]
-
-    @cached_property
-    def shared_divergence(self) -> float | None:
-        """D(P0): how far the shared dataset's labels are from P (None if empty)."""
-        labels = self.shared_data[1].numpy()
-        if len(labels) == 0:
-            return None
-        own = label_distribution(labels, self.data.num_classes)
-        return js_divergence(own, self.label_prior)
-
-    @cached_property
-    def device_sizes(self) -> list[int]:
-        """Each device's number of training samples."""
-        return [len(idx) for idx in self.device_indices]
-
-    @cached_property
-    def label_counts(self) -> np.ndarray:
-        """Samples of each class on each device, shape (num_devices, num_classes)."""
-        parts = [idx.numpy() for idx in self.device_indices]
-        return label_counts(self.data.y_train.numpy(), parts, self.data.num_classes)
-
-    @cached_property
-    def model_bytes(self) -> int:
-        """Bytes of the model's weights (what one transfer of the model sends)."""
-        return weights_bytes(dict(self.model.state_dict()))
-
-    @cached_property
-    def macs(self) -> int:
-        """Multiply-accumulates of one forward pass on one sample (see cost.py)."""
-        return forward_macs(self.model, self.data.input_shape)
+def plan_round(setup: Setup, round_idx: int) -> RoundPlan:
+    """The devices of round ``round_idx`` (1-based) and what becomes of them."""
+    cfg = setup.cfg
+    rng = numpy_rng(cfg.seed, "sample", round_idx)
+    sampled = sample_devices(cfg.num_devices, cfg.participation, rng)
+    returned, lost = sampled, {}
+    if cfg.dropout > 0 or cfg.deadline is not None:
+        returned, lost = faults.arrivals(sampled, setup.device_sizes, cfg, round_idx)
+    malicious = returned[:0]
+    if cfg.malicious_fraction > 0:
+        malicious = returned[np.isin(returned, _attackers(setup))]
+    return RoundPlan(round_idx, sampled, returned, lost, malicious)
 
 
-def make_setup(cfg: FedConfig, data: Dataset) -> Setup:
-    """Split the data into the shared dataset and the devices, and build the model."""
-    labels = data.y_train.numpy()
-    shared, rest = shared_split(
-        labels,
-        cfg.shared_fraction,
-        numpy_rng(cfg.seed, "shared"),
-        num_classes=data.num_classes,
-        classes=cfg.shared_classes,
+def train_returned(
+    setup: Setup, weights: Weights, plan: RoundPlan
+) -> tuple[Weights, torch.Tensor]:
+    """The devices' side, all at once: every returned device trains from ``weights``
+    and an attacker corrupts its own. Returns the weights stacked in
+    ``plan.returned`` order and each device's mean training loss."""
+    cfg, data = setup.cfg, setup.data
+    if len(plan.returned) == 0:
+        return {k: v.new_empty(0, *v.shape) for k, v in weights.items()}, torch.zeros(0)
+    flips = cfg.attack == "label_flip" and len(plan.malicious) > 0
+    trained, losses = setup.engine.train_devices(
+        setup.model,
+        weights,
+        data.x_train,
+        _labels(setup, plan.malicious) if flips else data.y_train,
+        [setup.train_indices[k] for k in plan.returned],
+        epochs=cfg.local_epochs,
+        lr=cfg.local_lr,
+        batch_size=cfg.batch_size,
+        generator=torch_generator(cfg.seed, "local", plan.round_idx),
     )
-    if cfg.shared_fraction > 0 and len(shared) == 0:
-        raise ValueError(
-            f"shared_fraction={cfg.shared_fraction} selects no sample of the "
-            f"{len(labels)} training samples; raise it or set it to 0"
-        )
-    natural = None
-    if cfg.partition == "natural" and data.natural_partition is not None:
-        in_rest = np.zeros(len(labels), dtype=bool)
-        in_rest[rest] = True
-        # Positions in `rest` of each device's natural samples that the server left it.
-        natural = [np.searchsorted(rest, p[in_rest[p]]) for p in data.natural_partition]
-        if any(len(p) == 0 for p in natural):
-            raise ValueError(
-                "shared_fraction leaves a device of the natural split empty"
-            )
-    parts = partition_devices(
-        labels[rest], cfg, numpy_rng(cfg.seed, "partition"), natural
+    if len(plan.malicious) and cfg.attack != "label_flip":
+        trained = _attack_rows(setup, weights, trained, plan)
+    return trained, losses
+
+
+def train_device(
+    setup: Setup, weights: Weights, plan: RoundPlan, device_id: int
+) -> tuple[Weights, float]:
+    """The devices' side for one returned device alone (a Flower ClientApp): the
+    minibatches :func:`train_returned` gives it, then its attack if it is malicious.
+    Returns the weights it sends and its mean training loss."""
+    cfg, data = setup.cfg, setup.data
+    sizes = [setup.train_sizes[k] for k in plan.returned]
+    orders = batch_orders(
+        sizes,
+        epochs=cfg.local_epochs,
+        generator=torch_generator(cfg.seed, "local", plan.round_idx),
     )
-    model = make_model(
-        cfg.model,
-        data.input_shape,
-        data.num_classes,
-        torch_generator(cfg.seed, "init"),
-        hidden=cfg.hidden,
+    row = list(plan.returned).index(device_id)
+    malicious = device_id in plan.malicious
+    flips = malicious and cfg.attack == "label_flip"
+    y = _labels(setup, [device_id]) if flips else data.y_train
+    idx = setup.train_indices[device_id]
+    batches = minibatches(orders[row], sizes[row], cfg.batch_size)
+    new, losses = sgd(
+        setup.model, weights, data.x_train[idx], y[idx], batches, lr=cfg.local_lr
     )
-    return Setup(
-        cfg=cfg,
-        data=data,
-        model=model,
-        device_indices=[torch.from_numpy(rest[p]) for p in parts],
-        shared_indices=torch.from_numpy(shared),
+    if malicious and cfg.attack != "label_flip":
+        new = _attack(setup, weights, new, plan, device_id)
+    return new, losses.mean().item()
+
+
+def _attackers(setup: Setup) -> np.ndarray:
+    """The malicious devices (the same every round)."""
+    cfg = setup.cfg
+    rng = numpy_rng(cfg.seed, "malicious")
+    return attacks.malicious_devices(cfg.num_devices, cfg.malicious_fraction, rng)
+
+
+def _labels(setup: Setup, attackers: object) -> torch.Tensor:
+    """The training labels with each attacker's own labels flipped (partitions are
+    disjoint, so every device still sees only its own flips)."""
+    data = setup.data
+    y = data.y_train.clone()
+    for k in attackers:
+        idx = setup.device_indices[k]
+        y[idx] = attacks.flip_labels(y[idx], data.num_classes)
+    return y
+
+
+def _attack_rows(
+    setup: Setup, weights: Weights, trained: Weights, plan: RoundPlan
+) -> Weights:
+    """``trained`` (stacked in ``plan.returned`` order) with the malicious devices'
+    rows replaced by what they send."""
+    trained = {k: v.clone() for k, v in trained.items()}
+    for row in np.flatnonzero(np.isin(plan.returned, plan.malicious)):
+        own = {k: v[row] for k, v in trained.items()}
+        sent = _attack(setup, weights, own, plan, int(plan.returned[row]))
+        for k, v in trained.items():
+            v[row] = sent[k]
+    return trained
+
+
+def _attack(
+    setup: Setup, weights: Weights, own: Weights, plan: RoundPlan, device_id: int
+) -> Weights:
+    """What a malicious device sends instead of ``own`` (its own random stream)."""
+    cfg = setup.cfg
+    generator = torch_generator(cfg.seed, "attack", plan.round_idx, device_id)
+    return attacks.corrupt(
+        own,
+        weights,
+        attack=cfg.attack,
+        strength=cfg.attack_strength,
+        generator=generator,
     )
 
 
 def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecord]:
-    """One round from ``state``; returns the next state and the round's record.
-
-    The devices' side (sampling, faults, local training, attacks) is here; the
-    server's side, once the updates are in, is :func:`finish_round`.
-    """
-    cfg = setup.cfg
+    """One round from ``state``; returns the next state and the round's record."""
     started = time.perf_counter()
-    t = state.round_idx + 1
-    sampled = sample_devices(
-        cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t)
-    )
-    returned, lost = faults.arrivals(sampled, setup.device_sizes, cfg, t)
-    updates, train_losses = _local_updates(state, setup, returned, t)
-    return finish_round(
-        state,
-        setup,
-        sampled=sampled,
-        returned=returned,
-        lost=lost,
-        updates=updates,
-        train_losses=train_losses,
-        started=started,
-    )
+    plan = plan_round(setup, state.round_idx + 1)
+    updates, train_losses = train_returned(setup, state.weights, plan)
+    return finish_round(state, setup, plan, updates, train_losses, started=started)
 
 
 def finish_round(
     state: ServerState,
     setup: Setup,
-    *,
-    sampled: np.ndarray,
-    returned: np.ndarray,
-    lost: dict[int, str],
-    updates: Updates,
+    plan: RoundPlan,
+    updates: Weights,
     train_losses: torch.Tensor,
+    *,
     started: float,
 ) -> tuple[ServerState, RoundRecord]:
-    """The server's side of a round: screen the returned updates, aggregate them, adjust
-    on the shared dataset, evaluate, and record.
-
-    Row ``i`` of ``updates`` (a list of weights, or stacked along a leading device
-    axis) and of ``train_losses`` comes from device ``returned[i]``; ``lost`` names
-    the sampled devices that did not return and why. If no update survives, the
-    aggregation model is the previous global model; the server adjustment still runs.
-    :mod:`fedlearn_lab.flower` calls this too: a Flower run is served by the same code.
-    """
-    cfg, data, model = setup.cfg, setup.data, setup.model
-    t = state.round_idx + 1
-    reasons = faults.screen_updates(
-        updates, state.weights, max_norm_ratio=cfg.max_norm_ratio
-    )
-    _check_updates(t, cfg, reasons)
+    """The server's side of a round: screen the returned ``updates`` (stacked in
+    ``plan.returned`` order), aggregate them, adjust on the shared dataset, evaluate,
+    and record. If no update survives, the aggregation model is the previous global
+    model; the server adjustment still runs."""
+    cfg, round_idx, use = setup.cfg, plan.round_idx, setup.use
+    reasons = screen_updates(updates, state.weights, max_norm_ratio=cfg.max_norm_ratio)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
-    trained = [idx.shape[0] for idx in device_data(setup, returned)]
-    hybrid, hybrid_flops = server_device(state, setup, t)
-    everyone = _to_aggregate(updates, kept, trained, hybrid)
-    aggregated = AGGREGATORS[cfg.aggregator](everyone) if everyone else state.weights
-    aggregated, momentum = _momentum(cfg, state.weights, aggregated, state.momentum)
-    info = _sampled_info(setup, returned[kept], t)
-    update = server_update(setup, aggregated, info)
-    adjusted = update.weights
-    if cfg.server_momentum == "feddum" and adjusted is not aggregated:
-        adjusted, momentum = _momentum(cfg, aggregated, adjusted, momentum)
-    models = [aggregated] if adjusted is aggregated else [aggregated, adjusted]
-    scores = ENGINES[cfg.engine].evaluate(model, models, data.x_test, data.y_test)
+    sizes = [setup.train_sizes[k] for k in plan.returned]
+    if len(kept) < len(sizes):  # leave the rejected rows out
+        updates = {k: v[kept] for k, v in updates.items()}
+    stacked, server_flops = Stacked(updates, [sizes[i] for i in kept]), 0
+    if use.trains_alongside and len(setup.shared_indices):
+        stacked, server_flops = _with_server(state, setup, stacked, round_idx)
+    aggregated, momentum = state.weights, state.momentum
+    if stacked.counts:
+        aggregated = AGGREGATORS[cfg.aggregator](stacked)
+    if cfg.server_momentum != "none":
+        aggregated, momentum = _momentum(cfg, state.weights, aggregated, momentum)
+    update = ServerUpdate(aggregated)
+    if use.adjusts:
+        schedule = SCHEDULES[cfg.server_schedule]
+        update = schedule(setup, aggregated, plan.returned[kept], round_idx)
+    trained = update.stats.server_steps > 0
+    models = [aggregated, update.weights] if trained else [aggregated]
+    if trained and cfg.server_momentum == "feddum":  # its second step
+        models[1], momentum = _momentum(cfg, aggregated, update.weights, momentum)
+    scores = setup.engine.evaluate(setup.model, models, *setup.test_data)
     (agg_acc, agg_loss), (acc, loss) = scores[0], scores[-1]
-    train_loss = train_losses[kept].mean().item() if kept else math.nan
-    _check_finite(t, cfg, loss=loss)
-    rejected = {int(returned[i]): r for i, r in enumerate(reasons) if r is not None}
-    cost = method_cost(setup, len(sampled), trained, update.flops + hybrid_flops, t)
+    if not math.isfinite(loss):
+        raise _diverged(round_idx, cfg, loss)
+    rejected = {int(plan.returned[i]): r for i, r in enumerate(reasons) if r}
+    server_flops += update.flops
+    cost = setup.cost_model.round(round_idx, len(plan.sampled), sizes, server_flops)
     record = RoundRecord(
-        round=t,
-        devices=tuple(int(k) for k in sampled),
-        num_samples=sum(trained[i] for i in kept),
-        train_loss=train_loss,
+        round=round_idx,
+        devices=tuple(int(k) for k in plan.sampled),
+        num_samples=sum(sizes[i] for i in kept),
+        train_loss=train_losses[kept].mean().item() if kept else math.nan,
         aggregate_accuracy=agg_acc,
         aggregate_loss=agg_loss,
         accuracy=acc,
         loss=loss,
-        server_steps=update.steps,
-        server_loss=update.loss,
-        server_alpha=update.alpha,
-        server_tau=update.tau,
-        shared_divergence=setup.shared_divergence,
-        sampled_divergence=info.divergence if info.num_sampled else None,
+        shared_label_divergence=setup.shared_label_divergence,
+        **dataclasses.asdict(update.stats),
         **dataclasses.asdict(cost),
         seconds=time.perf_counter() - started,
-        returned=tuple(int(k) for k in returned),
+        returned=tuple(int(k) for k in plan.returned),
         rejected=tuple(rejected),
-        failures=tuple(sorted({**lost, **rejected}.items())),
-        kept_previous=not everyone,
+        failures=tuple(sorted({**plan.lost, **rejected}.items())),
+        kept_previous=not stacked.counts,
     )
-    return ServerState(round_idx=t, weights=adjusted, momentum=momentum), record
+    return ServerState(round_idx, models[-1], momentum), record
+
+
+def _with_server(
+    state: ServerState, setup: Setup, stacked: Stacked, round_idx: int
+) -> tuple[Stacked, int]:
+    """Hybrid-FL: the devices' kept weights and the server's own, with its FLOPs."""
+    weights, num_shared, flops = train_alongside(state, setup, round_idx)
+    rows = {k: torch.cat([v, weights[k][None]]) for k, v in stacked.weights.items()}
+    return Stacked(rows, [*stacked.counts, num_shared]), flops
 
 
 def _momentum(
     cfg: FedConfig, old: Weights, new: Weights, momentum: Weights | None
 ) -> tuple[Weights, Weights | None]:
-    kind, beta = cfg.server_momentum, cfg.momentum_beta
-    return momentum_step(kind, old, new, momentum, beta=beta)
-
-
-def _to_aggregate(
-    updates: Updates,
-    kept: list[int],
-    trained: list[int],
-    hybrid: list[tuple[Weights, int]],
-) -> Stacked | None:
-    """The kept updates, then Hybrid-FL's server device, stacked with their sample
-    counts; None if there are none."""
-    counts = [trained[i] for i in kept] + [n for _, n in hybrid]
-    parts = [take(updates, kept)] if kept else []
-    if hybrid:
-        parts.append(stack([w for w, _ in hybrid]))
-    if not parts:
-        return None
-    if len(parts) == 1:
-        return Stacked(parts[0], counts)
-    return Stacked({k: torch.cat([p[k] for p in parts]) for k in parts[0]}, counts)
-
-
-def _sampled_info(setup: Setup, device_ids: np.ndarray, t: int) -> SampledInfo:
-    """FedDU's view of the devices whose updates were aggregated (their own data)."""
-    if len(device_ids) == 0:
-        return SampledInfo(t, 0, 0, math.nan)
-    counts = setup.label_counts[device_ids].sum(0)
-    total = int(counts.sum())
-    divergence = js_divergence(counts / max(total, 1), setup.label_prior)
-    return SampledInfo(t, len(device_ids), total, divergence)
-
-
-def _local_updates(
-    state: ServerState, setup: Setup, returned: np.ndarray, t: int
-) -> tuple[Updates, torch.Tensor]:
-    """Train the devices that return; the malicious ones among them then attack."""
-    cfg, data = setup.cfg, setup.data
-    if len(returned) == 0:
-        return [], torch.zeros(0)
-    bad = np.zeros(len(returned), dtype=bool)
-    if cfg.malicious_fraction > 0:
-        malicious = attacks.malicious_devices(
-            cfg.num_devices, cfg.malicious_fraction, numpy_rng(cfg.seed, "malicious")
-        )
-        bad = np.isin(returned, malicious)
-    own = [setup.device_indices[k] for k in returned]
-    y = data.y_train
-    if cfg.attack == "label_flip" and bad.any():
-        y = y.clone()  # partitions are disjoint: flip each attacker's own labels
-        for idx in (idx for idx, b in zip(own, bad, strict=True) if b):
-            y[idx] = attacks.flip_labels(y[idx], data.num_classes)
-    local_weights, train_losses = local.train_devices(
-        setup.model,
-        state.weights,
-        data.x_train,
-        y,
-        device_data(setup, returned),
-        epochs=cfg.local_epochs,
-        lr=cfg.local_lr,
-        batch_size=cfg.batch_size,
-        generator=torch_generator(cfg.seed, "local", t),
-        engine=cfg.engine,
-        stacked=True,
+    return momentum_step(
+        cfg.server_momentum, old, new, momentum, beta=cfg.momentum_beta
     )
-    if not bad.any():
-        return local_weights, train_losses
-    generator = torch_generator(cfg.seed, "attack", t)
-    attack = {"attack": cfg.attack, "strength": cfg.attack_strength}
-    updates = [
-        attacks.corrupt(w, state.weights, **attack, generator=generator) if b else w
-        for w, b in zip(unstack(local_weights), bad, strict=True)
-    ]
-    return updates, train_losses
 
 
-def _check_updates(t: int, cfg: FedConfig, reasons: list[str | None]) -> None:
-    if reasons and all(r == "non-finite" for r in reasons):
-        raise DivergedError(
-            f"round {t} diverged: every returned update holds NaN or Inf, so local "
-            f"training blew up; the learning rate is probably too large: try a smaller "
-            f"local_lr (now {cfg.local_lr:g}). {_kept(t)}"
-        )
+def _kept(round_idx: int) -> str:
+    if round_idx > 1:
+        return f"The history keeps rounds 1..{round_idx - 1}."
+    return "No round finished."
 
 
-def _kept(t: int) -> str:
-    return f"The history keeps rounds 1..{t - 1}." if t > 1 else "No round finished."
-
-
-def _check_finite(t: int, cfg: FedConfig, **losses: float) -> None:
-    bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
-    if bad:
-        what = ", ".join(f"{name}={value}" for name, value in bad.items())
-        attackers = (
-            f" or the malicious devices' {cfg.attack} updates got through (try "
-            f"aggregator='median' or a lower max_norm_ratio)"
-            if cfg.malicious_fraction > 0
-            else ""
-        )
-        raise DivergedError(
-            f"round {t} diverged ({what}): the learning rate is probably too large "
-            f"(try a smaller local_lr, now {cfg.local_lr:g}, or server_lr, now "
-            f"{cfg.server_lr:g}){attackers}. {_kept(t)}"
-        )
-
-
-@dataclass
-class Federation:
-    """A server, its devices and their data: call ``step()`` or ``run()``.
-
-    Parameters
-    ----------
-    cfg
-        The experiment's settings.
-    data
-        The dataset to split over the devices (default: :func:`load_digits`).
-    """
-
-    cfg: FedConfig
-    data: Dataset | None = None
-    history: History = field(init=False)
-    state: ServerState = field(init=False)
-    setup: Setup = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.cfg, FedConfig):
-            raise TypeError(f"cfg must be a FedConfig, got {type(self.cfg).__name__}")
-        if self.data is None:
-            self.data = load_digits()
-        self.setup = make_setup(self.cfg, self.data)
-        self.state = ServerState(0, clone(dict(self.setup.model.state_dict())))
-        self.history = History()
-        self._stop_requested = False
-
-    @property
-    def device_indices(self) -> list[torch.Tensor]:
-        """One 1-D index tensor into ``data.x_train`` per device."""
-        return self.setup.device_indices
-
-    @property
-    def shared_indices(self) -> torch.Tensor:
-        """Indices into ``data.x_train`` of the server's shared dataset."""
-        return self.setup.shared_indices
-
-    @property
-    def round(self) -> int:
-        """Rounds finished so far."""
-        return self.state.round_idx
-
-    @property
-    def finished(self) -> bool:
-        """True once the round budget is spent or the target accuracy is reached."""
-        target = self.cfg.target_accuracy
-        reached = (
-            target is not None
-            and bool(self.history)
-            and self.history[-1].accuracy >= target
-        )
-        return self.round >= self.cfg.rounds or reached
-
-    def step(self) -> RoundRecord:
-        """Run one round, record it, and return its record."""
-        try:
-            self.state, record = run_round(self.state, self.setup)
-        except DivergedError as err:
-            err.history = self.history  # the rounds before the failed one
-            raise
-        self.history.append(record)
-        return record
-
-    def run(self, on_round: Callable[[RoundRecord], None] | None = None) -> History:
-        """Run rounds until the end condition or :meth:`stop`; ``on_round(record)``
-        is called after each. Returns the history (kept even if a round fails)."""
-        self._stop_requested = False
-        while not self.finished and not self._stop_requested:
-            record = self.step()
-            if on_round is not None:
-                on_round(record)
-        return self.history
-
-    def stop(self) -> None:
-        """Ask :meth:`run` to return after the round in progress."""
-        self._stop_requested = True
-
-    def save(self, path: str | Path) -> Path:
-        """Write a checkpoint of the run so far; :meth:`load` resumes it exactly."""
-        from .checkpoint import save_federation
-
-        return save_federation(self, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Federation:
-        """Resume the federation saved by :meth:`save` (``ValueError`` if the file is
-        not a valid checkpoint)."""
-        from .checkpoint import load_federation
-
-        return load_federation(path)
-
-    def publish(self) -> nn.Module:
-        """The trained global model as a ready-to-use ``torch.nn.Module``."""
-        model = copy.deepcopy(self.setup.model)  # the round's model is never changed
-        model.load_state_dict(clone(self.state.weights))
-        return model
-
-    def device_accuracy(self) -> list[float]:
-        """Accuracy of the global model on each device's own training data."""
-        return per_device_accuracy(
-            self.setup.model,
-            self.state.weights,
-            self.data.x_train,
-            self.data.y_train,
-            self.device_indices,
-        )
-
-    def label_counts(self) -> np.ndarray:
-        """Samples of each class on each device, shape (num_devices, num_classes)."""
-        return self.setup.label_counts.copy()
-
-    def __repr__(self) -> str:
-        return (
-            f"Federation({self.data.name}, {self.cfg.num_devices} devices, "
-            f"round {self.round}/{self.cfg.rounds})"
-        )
-
-
-@dataclass(frozen=True, eq=False)
-class Result:
-    """What :func:`run` returns: the history, the published model and its spread."""
-
-    history: History
-    model: nn.Module
-    device_accuracy: list[float]
-    config: FedConfig
-
-    def __repr__(self) -> str:
-        acc = np.asarray(self.device_accuracy)
-        return (
-            f"Result({self.history!r}, device accuracy {acc.mean():.3f} "
-            f"(min {acc.min():.3f}, max {acc.max():.3f}))"
-        )
-
-
-def run(
-    cfg: FedConfig | None = None,
-    data: Dataset | None = None,
-    on_round: Callable[[RoundRecord], None] | None = None,
-) -> Result:
-    """Run a whole experiment and publish its model."""
-    fed = Federation(cfg or FedConfig(), data)
-    fed.run(on_round)
-    return Result(fed.history, fed.publish(), fed.device_accuracy(), fed.cfg)
+def _diverged(round_idx: int, cfg: FedConfig, loss: float) -> DivergedError:
+    """The error for a global model whose test loss is ``loss`` (NaN or Inf)."""
+    attackers = (
+        f" or the malicious devices' {cfg.attack} updates got through (try "
+        f"aggregator='median' or a lower max_norm_ratio)"
+        if cfg.malicious_fraction > 0
+        else ""
+    )
+    return DivergedError(
+        f"round {round_idx} diverged (loss={loss}): the learning rate is probably too "
+        f"large (try a smaller local_lr, now {cfg.local_lr:g}, or server_lr, now "
+        f"{cfg.server_lr:g}){attackers}. {_kept(round_idx)}"
+    )

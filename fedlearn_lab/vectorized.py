@@ -6,7 +6,7 @@ A *plan* lists the SGD steps of all models in lockstep. A step is an index batch
 0 for padding), so each model's loss is the mean over its own batch, and the models
 that have no batch at this step (the rows after ``active``) get no update. Device
 ``k`` does its ``r``-th batch of epoch ``e`` at step ``(e, r)``: it takes exactly
-the steps it would take alone (see ``local.train_each``), from the same shuffles.
+the steps it would take alone (see ``reference.train_each``), from the same shuffles.
 
 Devices are sorted by size, largest first, so those still training form a prefix,
 and trained in chunks that fit in cache. The MLP and logistic regression get
@@ -25,8 +25,8 @@ from torch.func import functional_call, vmap
 from torch.nn.functional import cross_entropy, embedding, pad
 from torch.nn.utils.rnn import pad_sequence
 
-from .local import batch_orders
 from .models import MLP, LogReg
+from .reference import batch_orders
 from .weights import Weights, weights_bytes
 
 # Per step: data indices (active, width); labels and loss weights (active, 1, width).
@@ -53,7 +53,7 @@ def train_devices(
     generator: torch.Generator,
 ) -> tuple[Weights, torch.Tensor]:
     """Train every device from ``weights`` at once; the same result as the reference
-    ``local.train_each`` (the same batches from the same generator), stacked."""
+    ``reference.train_each`` (the same batches from the same generator), stacked."""
     sizes = torch.tensor([idx.shape[0] for idx in device_indices])
     orders = batch_orders(sizes, epochs=epochs, generator=generator)
     num_devices = len(device_indices)
@@ -118,7 +118,7 @@ def sgd(
     *,
     lr: float,
 ) -> tuple[Weights, torch.Tensor]:
-    """The same as ``local.sgd`` (one model, one step per index batch), faster."""
+    """The same as ``reference.sgd`` (one model, one step per index batch), faster."""
     plan = []
     if batches:
         index = pad_sequence(list(batches), batch_first=True)  # (steps, width)

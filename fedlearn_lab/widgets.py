@@ -33,9 +33,10 @@ from .config import (
     FedConfig,
 )
 from .data import Dataset, load_digits
+from .federation import Federation
 from .history import History
 from .plots import plot_histories, plot_label_distribution, run_labels
-from .rounds import DivergedError, Federation
+from .rounds import DivergedError
 
 _logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ import torch
 
 import fedlearn_lab as fl
 from fedlearn_lab import attacks
-from fedlearn_lab.faults import delta_norm
+from fedlearn_lab.aggregation import delta_norm
 from fedlearn_lab.seeding import numpy_rng
 
 BASE = fl.FedConfig(num_devices=20, participation=0.5, local_epochs=1, rounds=3)

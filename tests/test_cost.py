@@ -6,14 +6,16 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
-from fedlearn_lab.cost import Links, forward_macs, round_cost
+from fedlearn_lab.cost import CostModel, forward_macs
 from fedlearn_lab.history import RoundRecord
 from fedlearn_lab.models import make_model
 from fedlearn_lab.weights import weights_bytes
 
-LINKS = Links(
-    device_gflops=1.0, server_gflops=100.0, device_mbps=50.0, server_mbps=100.0
-)
+
+def _cost_model(**changes) -> CostModel:
+    """1 GFLOP/s devices, a 100 GFLOP/s server, 50 and 100 Mbit/s links."""
+    values = {"model_bytes": 10**6, "flops_per_sample": 10**9} | changes
+    return CostModel(1.0, 100.0, 50.0, 100.0, **values)
 
 
 def _model(name: str, shape=(64,), hidden: int = 64):
@@ -37,45 +39,34 @@ def test_forward_macs_leaves_no_hook_behind():
 
 def test_round_cost_matches_the_documented_model():
     # 4 devices, a 1 MB model: down and up each take max(4 MB / 100 Mbit/s,
-    # 1 MB / 50 Mbit/s) = 0.32 s; the slowest device needs 2 GFLOP = 2 s; the server
-    # 1 GFLOP = 0.01 s afterwards.
-    flops = [1e9, 2e9, 5e8, 1e9]
-    cost = round_cost(
-        LINKS, model_bytes=10**6, num_sent=4, device_flops=flops, server_flops=10**9
-    )
+    # 1 MB / 50 Mbit/s) = 0.32 s; the slowest device trains 2 samples of 1 GFLOP:
+    # 2 s; the server 1 GFLOP = 0.01 s afterwards.
+    cost = _cost_model().round(2, num_sent=4, sizes=[1, 2, 0, 1], server_flops=10**9)
     assert cost.bytes_sent == cost.bytes_received == 4 * 10**6
-    assert cost.device_flops == int(sum(flops)) and cost.server_flops == 10**9
+    assert cost.device_flops == 4 * 10**9 and cost.server_flops == 10**9
     assert cost.sim_seconds == pytest.approx(0.32 + 2 + 0.01 + 0.32)
 
 
 def test_round_cost_overlaps_a_server_that_computes_alongside_the_devices():
-    cost = round_cost(
-        LINKS,
-        model_bytes=0,
-        num_sent=1,
-        device_flops=[1e9],
-        server_flops=10**11,
-        server_alongside=True,
-    )
+    model = _cost_model(model_bytes=0, server_alongside=True)
+    cost = model.round(1, num_sent=1, sizes=[1], server_flops=10**11)
     assert cost.sim_seconds == pytest.approx(1.0)  # max(1 s, 1 s)
 
 
 def test_round_cost_receives_only_from_devices_that_return():
     # 10 sent, 4 return: down max(10 MB / 100, 1 MB / 50 Mbit/s) = 0.8 s, up 0.32 s.
-    cost = round_cost(
-        LINKS, model_bytes=10**6, num_sent=10, device_flops=[0] * 4, server_flops=0
-    )
+    cost = _cost_model().round(3, num_sent=10, sizes=[0] * 4, server_flops=0)
     assert (cost.bytes_sent, cost.bytes_received) == (10 * 10**6, 4 * 10**6)
     assert cost.sim_seconds == pytest.approx(0.8 + 0.32)
 
 
-def test_round_cost_counts_a_one_off_broadcast():
-    cost = round_cost(
-        LINKS, model_bytes=0, num_sent=1, device_flops=[0], server_flops=0,
-        broadcast_bytes=125_000, broadcast_count=10,
-    )  # fmt: skip
-    assert cost.bytes_sent == 1_250_000
-    assert cost.sim_seconds == pytest.approx(0.1)  # 10 Mbit over 100 Mbit/s
+def test_round_cost_counts_a_one_off_broadcast_in_round_one_only():
+    model = _cost_model(model_bytes=0, broadcast_bytes=125_000, broadcast_count=10)
+    first = model.round(1, num_sent=1, sizes=[0], server_flops=0)
+    assert first.bytes_sent == 1_250_000
+    assert first.sim_seconds == pytest.approx(0.1)  # 10 Mbit over 100 Mbit/s
+    later = model.round(2, num_sent=1, sizes=[0], server_flops=0)
+    assert later.bytes_sent == 0 and later.sim_seconds == 0
 
 
 def test_a_round_records_model_bytes_times_devices(digits):
@@ -151,5 +142,10 @@ def test_history_csv_has_the_new_columns(tmp_path, digits):
     )
     path = fl.run(cfg, digits).history.to_csv(tmp_path / "h.csv")
     header = path.read_text().splitlines()[0].split(",")
-    for column in ("server_alpha", "server_tau", "shared_divergence", "sim_seconds"):
+    for column in (
+        "server_alpha",
+        "server_tau",
+        "shared_label_divergence",
+        "sim_seconds",
+    ):
         assert column in header

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
-from fedlearn_lab import methods
+from fedlearn_lab import reference, server
 
 BASE = fl.FedConfig(num_devices=20, participation=0.5, local_epochs=1, rounds=6)
 
@@ -18,7 +18,7 @@ def digits():
 
 def _nan_from_round(monkeypatch, bad_round: int):
     """Make the server adjustment return NaN weights from ``bad_round`` on."""
-    adjust, calls = methods.server_adjust, []
+    adjust, calls = server.server_adjust, []
 
     def adjust_then_break(*args, **kwargs):
         calls.append(1)
@@ -27,7 +27,7 @@ def _nan_from_round(monkeypatch, bad_round: int):
             weights = {k: torch.full_like(v, float("nan")) for k, v in weights.items()}
         return weights, stats
 
-    monkeypatch.setattr(methods, "server_adjust", adjust_then_break)
+    monkeypatch.setattr(server, "server_adjust", adjust_then_break)
 
 
 def test_divergence_names_the_round_and_the_learning_rates(digits, monkeypatch):
@@ -65,11 +65,18 @@ def test_fl_run_error_carries_the_history(digits, monkeypatch):
     assert [r.round for r in info.value.history] == [1]
 
 
-def test_huge_local_lr_blows_up_every_update_in_round_one(digits):
-    with pytest.raises(
-        fl.DivergedError, match="round 1 .*local_lr \\(now 1e\\+36\\).*No round"
-    ):
-        fl.Federation(BASE.replace(local_lr=1e36), digits).step()
+def test_a_round_whose_updates_all_blow_up_keeps_the_previous_model(digits):
+    # Every device's update is NaN/Inf: all are rejected and recorded, the
+    # aggregation model is the previous global model, and the run goes on.
+    cfg = BASE.replace(local_lr=1e36)
+    fed = fl.Federation(cfg, digits)
+    start = fed.state.weights
+    record = fed.step()
+    assert record.kept_previous and record.returned == record.devices
+    assert record.failures == tuple((k, "non-finite") for k in record.devices)
+    before, _ = reference.evaluate(fed.setup.model, start, digits.x_test, digits.y_test)
+    assert record.aggregate_accuracy == pytest.approx(before)
+    assert len(fed.run()) == cfg.rounds
 
 
 def test_undefended_scale_attack_diverges_and_blames_the_attackers(digits):
@@ -85,16 +92,17 @@ def test_undefended_scale_attack_diverges_and_blames_the_attackers(digits):
 
 
 def test_one_diverged_device_is_rejected_not_fatal(digits, monkeypatch):
-    from fedlearn_lab import local
+    from fedlearn_lab import rounds
 
-    train = local.train_devices
+    train = rounds.train_returned
 
     def last_device_blows_up(*args, **kwargs):
-        weights, losses = train(*args, **{**kwargs, "stacked": False})
-        weights[-1] = {k: v * float("inf") for k, v in weights[-1].items()}
+        weights, losses = train(*args, **kwargs)
+        for v in weights.values():
+            v[-1] = float("inf")
         return weights, losses
 
-    monkeypatch.setattr(local, "train_devices", last_device_blows_up)
+    monkeypatch.setattr(rounds, "train_returned", last_device_blows_up)
     history = fl.Federation(BASE.replace(rounds=3), digits).run()
     assert len(history) == 3
     assert all(r.failures == ((r.devices[-1], "non-finite"),) for r in history)

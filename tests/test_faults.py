@@ -7,8 +7,9 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
-from fedlearn_lab import faults, local
+from fedlearn_lab import aggregation, faults, rounds
 from fedlearn_lab.seeding import numpy_rng
+from fedlearn_lab.weights import stack
 
 FAST = fl.FedConfig(num_devices=20, participation=0.5, local_epochs=1, rounds=3)
 
@@ -88,36 +89,42 @@ def test_device_times_are_in_multiples_of_the_median_and_grow_with_data():
     ],
 )
 def test_validate_update_names_what_is_wrong(broken, reason):
-    assert faults.validate_update(broken, _reference()) == reason
-    assert faults.validate_update(_update(), _reference()) is None
+    assert aggregation.validate_update(broken, _reference()) == reason
+    assert aggregation.validate_update(_update(), _reference()) is None
 
 
 def test_norm_rule_rejects_only_updates_beyond_the_ratio_times_the_median():
     updates = [_update(1.0, seed=s) for s in range(4)]
-    norms = [faults.delta_norm(u, _reference()) for u in updates]
+    norms = [aggregation.delta_norm(u, _reference()) for u in updates]
     median = float(np.median(norms))
     big = _update(1.0, seed=9)
     big = {
-        k: v * (5 * median / faults.delta_norm(big, _reference()))
+        k: v * (5 * median / aggregation.delta_norm(big, _reference()))
         for k, v in big.items()
     }
-    reasons = faults.screen_updates(updates + [big], _reference(), max_norm_ratio=4.0)
+    reasons = aggregation.screen_updates(
+        stack(updates + [big]), _reference(), max_norm_ratio=4.0
+    )
     assert reasons == [None] * 4 + ["norm"]
-    reasons = faults.screen_updates(updates + [big], _reference(), max_norm_ratio=6.0)
+    reasons = aggregation.screen_updates(
+        stack(updates + [big]), _reference(), max_norm_ratio=6.0
+    )
     assert reasons == [None] * 5
     assert (
-        faults.screen_updates([big] + updates, _reference(), max_norm_ratio=None)
+        aggregation.screen_updates(
+            stack([big] + updates), _reference(), max_norm_ratio=None
+        )
         == [None] * 5
     )
 
 
-def test_norm_rule_ignores_malformed_updates_when_taking_the_median():
-    garbage = [
-        {"w": torch.full((4, 3), 1e30), "b": torch.zeros(4, dtype=torch.int64)}
-    ] * 5
+def test_norm_rule_ignores_non_finite_updates_when_taking_the_median():
+    garbage = [{"w": torch.full((4, 3), float("nan")), "b": torch.zeros(4)}] * 5
     updates = garbage + [_update(seed=1), _update(seed=2)]
-    reasons = faults.screen_updates(updates, _reference(), max_norm_ratio=2.0)
-    assert reasons == ["dtype"] * 5 + [None, None]
+    reasons = aggregation.screen_updates(
+        stack(updates), _reference(), max_norm_ratio=2.0
+    )
+    assert reasons == ["non-finite"] * 5 + [None, None]
 
 
 # ---- rounds -------------------------------------------------------------------
@@ -154,16 +161,15 @@ def test_dropout_only_removes_devices_and_keeps_the_run_going(digits):
 
 
 def test_a_nan_update_is_rejected_and_the_round_goes_on(digits, monkeypatch):
-    train = local.train_devices
+    train = rounds.train_returned
 
     def one_device_blows_up(*args, **kwargs):
-        weights, losses = train(*args, **{**kwargs, "stacked": False})
-        weights[0] = {
-            k: torch.full_like(v, float("nan")) for k, v in weights[0].items()
-        }
+        weights, losses = train(*args, **kwargs)
+        for v in weights.values():
+            v[0] = float("nan")
         return weights, losses
 
-    monkeypatch.setattr(local, "train_devices", one_device_blows_up)
+    monkeypatch.setattr(rounds, "train_returned", one_device_blows_up)
     record = fl.Federation(FAST, digits).step()
     first = record.devices[0]
     assert record.rejected == (first,) and record.failures == ((first, "non-finite"),)

@@ -15,12 +15,12 @@ import fedlearn_lab as fl
 from fedlearn_lab.feddu import (
     MIN_ALPHA,
     alpha_t,
-    js_divergence,
     label_distribution,
+    label_divergence,
     tau_cap,
     tau_t,
 )
-from fedlearn_lab.methods import SampledInfo, feddu_schedule, fixed_schedule
+from fedlearn_lab.server import feddu_schedule, fixed_schedule
 from fedlearn_lab.weights import add, scale, sub
 
 BIASED = fl.FedConfig(
@@ -36,30 +36,30 @@ BIASED = fl.FedConfig(
 # --- divergence -------------------------------------------------------------------
 
 
-def test_js_divergence_of_equal_distributions_is_zero():
+def test_label_divergence_of_equal_distributions_is_zero():
     p = np.array([0.1, 0.2, 0.3, 0.4])
-    assert js_divergence(p, p) == 0.0
+    assert label_divergence(p, p) == 0.0
 
 
-def test_js_divergence_of_disjoint_distributions_is_one_bit():
-    assert js_divergence([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0, abs=1e-12)
+def test_label_divergence_of_disjoint_distributions_is_one_bit():
+    assert label_divergence([1.0, 0.0], [0.0, 1.0]) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_js_divergence_matches_hand_computed_values():
+def test_label_divergence_matches_hand_computed_values():
     # p = (1/2, 1/2), q = (1, 0), m = (3/4, 1/4):
     # KL(p||m) = 1/2 log2(2/3) + 1/2 log2(2) = 0.2075187...
     # KL(q||m) = log2(4/3)                     = 0.4150375...
-    assert js_divergence([0.5, 0.5], [1.0, 0.0]) == pytest.approx(
+    assert label_divergence([0.5, 0.5], [1.0, 0.0]) == pytest.approx(
         0.3112781245, abs=1e-9
     )
     # A shared dataset of 5 of 10 classes, uniform, against uniform labels:
     # KL(p||m) = log2(4/3) = 0.4150375, KL(q||m) = (log2(2/3) + 1) / 2 = 0.2075187.
     half = np.r_[np.full(5, 0.2), np.zeros(5)]
-    assert js_divergence(half, np.full(10, 0.1)) == pytest.approx(
+    assert label_divergence(half, np.full(10, 0.1)) == pytest.approx(
         0.3112781245, abs=1e-9
     )
     # (0.25, 0.75) vs (0.75, 0.25): m = (1/2, 1/2), both KL = 1 - H2(1/4) = 0.1887219.
-    assert js_divergence([0.25, 0.75], [0.75, 0.25]) == pytest.approx(
+    assert label_divergence([0.25, 0.75], [0.75, 0.25]) == pytest.approx(
         0.1887218755, abs=1e-9
     )
 
@@ -70,23 +70,23 @@ distributions = st.lists(
 
 
 @given(distributions, st.data())
-def test_js_divergence_agrees_with_scipy_and_is_symmetric_and_bounded(p, data):
+def test_label_divergence_agrees_with_scipy_and_is_symmetric_and_bounded(p, data):
     q = data.draw(
         st.lists(
             st.floats(0, 1, allow_subnormal=False), min_size=len(p), max_size=len(p)
         ).filter(lambda v: sum(v) > 1e-6)
     )
     p, q = np.array(p) / sum(p), np.array(q) / sum(q)
-    d = js_divergence(p, q)
+    d = label_divergence(p, q)
     assert 0 <= d <= 1 + 1e-12
-    assert d == pytest.approx(js_divergence(q, p), abs=1e-12)
+    assert d == pytest.approx(label_divergence(q, p), abs=1e-12)
     # scipy returns the Jensen-Shannon *distance*, the square root of the divergence.
     assert d == pytest.approx(jensenshannon(p, q, base=2) ** 2, abs=1e-9)
 
 
-def test_js_divergence_rejects_mismatched_shapes():
+def test_label_divergence_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match="same shape"):
-        js_divergence([0.5, 0.5], [1.0, 0.0, 0.0])
+        label_divergence([0.5, 0.5], [1.0, 0.0, 0.0])
 
 
 def test_label_distribution_counts_and_rounds_like_the_released_code():
@@ -107,8 +107,8 @@ def _alpha(**changes) -> float:
         shared_accuracy=0.5,
         num_shared=100,
         num_sampled_samples=300,
-        shared_divergence=0.2,
-        sampled_divergence=0.1,
+        shared_label_divergence=0.2,
+        sampled_label_divergence=0.1,
         decay=0.99,
         round_idx=3,
     )
@@ -123,7 +123,7 @@ def test_alpha_t_matches_a_hand_computed_value():
 
 def test_alpha_t_falls_to_zero_as_the_sampled_data_matches_all_device_data():
     divergences = [0.4, 0.2, 0.1, 0.01, 1e-4, 0.0]
-    alphas = [_alpha(sampled_divergence=d) for d in divergences]
+    alphas = [_alpha(sampled_label_divergence=d) for d in divergences]
     assert all(a > b for a, b in zip(alphas, alphas[1:], strict=False))
     assert alphas[-1] == 0.0
 
@@ -137,11 +137,11 @@ def test_alpha_t_falls_as_accuracy_on_the_shared_dataset_rises():
 def test_alpha_t_decays_with_the_round_and_is_one_at_best():
     assert _alpha(round_idx=1) > _alpha(round_idx=2) > _alpha(round_idx=50)
     # An IID shared dataset, a model that knows nothing, round 1: the full update.
-    assert _alpha(shared_accuracy=0.0, shared_divergence=0.0, round_idx=1) == 1.0
+    assert _alpha(shared_accuracy=0.0, shared_label_divergence=0.0, round_idx=1) == 1.0
 
 
 def test_alpha_t_is_zero_when_both_divergences_are_zero():
-    assert _alpha(shared_divergence=0.0, sampled_divergence=0.0) == 0.0
+    assert _alpha(shared_label_divergence=0.0, sampled_label_divergence=0.0) == 0.0
 
 
 def test_alpha_t_rejects_round_zero():
@@ -207,12 +207,12 @@ def test_feddu_records_alpha_tau_and_divergences(digits):
     history = fed.run()
     shared_labels = digits.y_train[fed.shared_indices].numpy()
     device_labels = digits.y_train[torch.cat(fed.device_indices)].numpy()
-    expected_d0 = js_divergence(
+    expected_d0 = label_divergence(
         label_distribution(shared_labels, 10), label_distribution(device_labels, 10)
     )
     for record in history:
-        assert record.shared_divergence == pytest.approx(expected_d0, abs=1e-12)
-        assert 0 < record.sampled_divergence < 1
+        assert record.shared_label_divergence == pytest.approx(expected_d0, abs=1e-12)
+        assert 0 < record.sampled_label_divergence < 1
         assert 0 <= record.server_alpha <= 1
         assert record.server_steps == record.server_tau  # the "steps" reading
     assert expected_d0 > 0.25  # five of ten classes: far from the devices' labels
@@ -222,7 +222,8 @@ def test_fixed_schedule_records_no_feddu_values_but_the_divergences(digits):
     record = fl.Federation(BIASED.replace(server_schedule="fixed"), digits).step()
     assert record.server_alpha is None and record.server_tau is None
     assert record.server_steps == BIASED.server_steps
-    assert record.shared_divergence > 0 and record.sampled_divergence > 0
+    assert record.shared_label_divergence > 0
+    assert record.sampled_label_divergence is None  # FedDU's input: not computed
 
 
 def test_feddu_is_deterministic(digits):
@@ -232,8 +233,9 @@ def test_feddu_is_deterministic(digits):
     assert fl.run(BIASED.replace(seed=1), digits).history.records != first.records
 
 
-# Round 1 of ten devices with 300 samples, far from P: alpha ~0.35, tau ~3.
-INFO = SampledInfo(round_idx=1, num_sampled=10, num_samples=300, divergence=0.5)
+def _largest(fed: fl.Federation, count: int = 5) -> np.ndarray:
+    """The ``count`` devices with the most data (FedDU's tau_t > 0 for them)."""
+    return np.sort(np.argsort(fed.setup.device_sizes)[-count:])
 
 
 @pytest.mark.parametrize("mode", ["steps", "interpolate"])
@@ -243,33 +245,39 @@ def test_feddu_update_against_the_fixed_schedule_oracle(digits, mode):
     cfg = BIASED.replace(feddu_mode=mode, server_decay=1.0)
     fed = fl.Federation(cfg, digits)
     weights = fed.state.weights
-    update = feddu_schedule(fed.setup, weights, INFO)
+    devices = _largest(fed)
+    update = feddu_schedule(fed.setup, weights, devices, 1)
     cap = tau_cap(
         len(fed.shared_indices),
         local_epochs=cfg.local_epochs,
         server_batch_size=cfg.server_batch_size,
     )
-    assert update.alpha > MIN_ALPHA and update.tau > 0
-    steps = update.tau if mode == "steps" else cap
+    stats = update.stats
+    assert stats.server_alpha > MIN_ALPHA and stats.server_tau > 0
+    steps = stats.server_tau if mode == "steps" else cap
     oracle = fixed_schedule(
-        fl.Federation(cfg.replace(server_steps=steps), digits).setup, weights, INFO
+        fl.Federation(cfg.replace(server_steps=steps), digits).setup,
+        weights,
+        devices,
+        1,
     )
     expected = (
         oracle.weights
         if mode == "steps"
-        else add(weights, scale(sub(oracle.weights, weights), update.alpha))
+        else add(weights, scale(sub(oracle.weights, weights), stats.server_alpha))
     )
-    assert update.steps == steps
+    assert stats.server_steps == steps
     for name in weights:
         torch.testing.assert_close(update.weights[name], expected[name])
 
 
 def test_feddu_interpolate_skips_a_tiny_alpha(digits):
-    fed = fl.Federation(BIASED.replace(feddu_mode="interpolate"), digits)
-    info = SampledInfo(round_idx=1, num_sampled=10, num_samples=300, divergence=1e-6)
-    update = feddu_schedule(fed.setup, fed.state.weights, info)
-    assert update.alpha <= MIN_ALPHA
-    assert update.weights is fed.state.weights and update.steps == 0
+    # server_decay**(t - 1) makes alpha_t tiny in a late round.
+    cfg = BIASED.replace(feddu_mode="interpolate", server_decay=0.01)
+    fed = fl.Federation(cfg, digits)
+    update = feddu_schedule(fed.setup, fed.state.weights, _largest(fed), 4)
+    assert update.stats.server_alpha <= MIN_ALPHA
+    assert update.weights is fed.state.weights and update.stats.server_steps == 0
 
 
 def test_feddu_needs_a_shared_dataset():

@@ -37,35 +37,6 @@ def test_importing_fedlearn_lab_does_not_import_flower():
 
 
 @flower
-def test_train_device_gives_each_device_its_in_process_update(digits):
-    from fedlearn_lab import local
-    from fedlearn_lab.flower import train_device
-    from fedlearn_lab.rounds import make_setup
-    from fedlearn_lab.seeding import torch_generator
-
-    cfg = fl.FedConfig(num_devices=10, participation=0.5, local_epochs=2, seed=3)
-    setup = make_setup(cfg, digits)
-    weights = dict(setup.model.state_dict())
-    sampled = [1, 4, 5, 8, 9]
-    expected, losses = local.train_devices(
-        setup.model,
-        weights,
-        digits.x_train,
-        digits.y_train,
-        [setup.device_indices[k] for k in sampled],
-        epochs=cfg.local_epochs,
-        lr=cfg.local_lr,
-        batch_size=cfg.batch_size,
-        generator=torch_generator(cfg.seed, "local", 7),
-        engine="reference",  # a Flower device trains alone, with local.sgd
-    )
-    for k, want, want_loss in zip(sampled, expected, losses, strict=True):
-        got, loss = train_device(setup, weights, k, sampled, round_idx=7)
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
-        assert loss == want_loss.item()
-
-
-@flower
 def test_example_app_run_config_makes_a_valid_config():
     from fedlearn_lab.flower import config_from_run_config
 
@@ -135,6 +106,18 @@ def test_runners_reject_bad_arguments_before_starting_anything(tmp_path):
 ONE_DEVICE = fl.FedConfig(num_devices=1, participation=1.0, rounds=3, local_epochs=2)
 TEN_DEVICES = fl.FedConfig(num_devices=10, participation=0.5, rounds=15, local_epochs=1)
 TO_TARGET = TEN_DEVICES.replace(target_accuracy=0.6)
+# Faults and attacks: a Flower device trains alone with reference.sgd, so these run
+# the reference engine (in-process and on Flower) to compare to 1e-6.
+_FAULTY = fl.FedConfig(num_devices=10, participation=0.5, rounds=8, engine="reference")
+FAULTS = {
+    "dropout": _FAULTY.replace(dropout=0.3),
+    "deadline": _FAULTY.replace(deadline=1.2),
+    "sign_flip_median": _FAULTY.replace(
+        malicious_fraction=0.3, attack="sign_flip", aggregator="median"
+    ),
+    "label_flip": _FAULTY.replace(malicious_fraction=0.3, attack="label_flip"),
+    "noise": _FAULTY.replace(malicious_fraction=0.2, attack="noise"),
+}
 
 
 @dataclasses.dataclass
@@ -171,10 +154,10 @@ def simulated(digits, tmp_path_factory):
         env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
         started = time.perf_counter()
         histories = run_simulations(
-            [ONE_DEVICE, TEN_DEVICES, TO_TARGET],
+            [ONE_DEVICE, TEN_DEVICES, TO_TARGET, *FAULTS.values()],
             digits,
             on_round=seen.append,
-            model_outs=[model_dir, None, None],
+            model_outs=[model_dir] + [None] * (2 + len(FAULTS)),
             backend_config={"init_args": {"_temp_dir": ray_dir}},
         )
         seconds = time.perf_counter() - started
@@ -228,6 +211,22 @@ def test_target_accuracy_ends_the_flower_run_with_the_in_process_one(simulated, 
     assert len(reference) < TO_TARGET.rounds
     assert history.rounds == reference.rounds
     assert history.accuracy == pytest.approx(reference.accuracy, abs=1e-6)
+
+
+@flower
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FAULTS))
+def test_flower_runs_faults_and_attacks_as_fl_run_does(simulated, digits, name):
+    history = simulated.histories[3 + list(FAULTS).index(name)]
+    expected = fl.run(FAULTS[name], digits).history
+    columns = ("devices", "returned", "rejected", "failures", "kept_previous")
+    for column in columns:
+        assert history.column(column) == expected.column(column)
+    assert any(r.failures for r in expected) or name == "label_flip"
+    for column in ("accuracy", "aggregate_accuracy", "loss", "train_loss"):
+        assert history.column(column) == pytest.approx(
+            expected.column(column), abs=1e-6
+        )
 
 
 @flower

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import fedlearn_lab as fl
-from fedlearn_lab import local
+from fedlearn_lab import reference
+from fedlearn_lab.engines import ENGINES
 from fedlearn_lab.momentum import momentum_step
 from fedlearn_lab.seeding import torch_generator
+from fedlearn_lab.weights import unstack
 
 SMALL = fl.FedConfig(
     num_devices=20, participation=0.25, shared_fraction=0.1, local_epochs=2, rounds=3
@@ -54,12 +58,12 @@ def test_hybrid_is_fedavg_with_the_server_as_one_more_device(digits):
     setup, shared = fed.setup, fed.shared_indices
 
     def train(indices, stream):
-        trained, _ = local.train_devices(
+        trained, _ = reference.train_each(
             setup.model, start, digits.x_train, digits.y_train, indices,
             epochs=cfg.local_epochs, lr=cfg.local_lr, batch_size=cfg.batch_size,
             generator=torch_generator(cfg.seed, stream, 1),
         )  # fmt: skip
-        return trained
+        return unstack(trained)
 
     devices = [fed.device_indices[k] for k in record.devices]
     updates = list(zip(train(devices, "local"), map(len, devices), strict=True))
@@ -209,7 +213,7 @@ def test_feddu_does_nothing_when_no_update_arrives(digits):
     record = fl.Federation(cfg, digits).step()
     assert record.kept_previous and record.returned == ()
     assert (record.server_alpha, record.server_tau, record.server_steps) == (0.0, 0, 0)
-    assert record.sampled_divergence is None and record.device_flops == 0
+    assert record.sampled_label_divergence is None and record.device_flops == 0
 
 
 def test_hybrid_server_device_alone_makes_the_aggregate_when_devices_are_lost(digits):
@@ -223,15 +227,19 @@ def test_hybrid_server_device_alone_makes_the_aggregate_when_devices_are_lost(di
 def test_data_sharing_attackers_flip_only_their_own_labels(digits, monkeypatch):
     # Every device is malicious and flips labels; the shared copy keeps its labels.
     seen = []
-    train = local.train_devices
+    train = reference.train_each
 
     def spy(model, weights, x, y, indices, **kwargs):
         seen.append((y, indices))
         return train(model, weights, x, y, indices, **kwargs)
 
-    monkeypatch.setattr(local, "train_devices", spy)
+    spying = dataclasses.replace(ENGINES["reference"], train_devices=spy)
+    monkeypatch.setitem(ENGINES, "reference", spying)
     cfg = SMALL.replace(
-        shared_use="data_sharing", malicious_fraction=1.0, attack="label_flip"
+        shared_use="data_sharing",
+        malicious_fraction=1.0,
+        attack="label_flip",
+        engine="reference",
     )
     fed = fl.Federation(cfg, digits)
     fed.step()

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
-from fedlearn_lab.metrics import evaluate
+from fedlearn_lab.reference import evaluate
+from fedlearn_lab.rounds import train_device, train_returned
+from fedlearn_lab.state import make_setup
 
 
 def test_one_device_full_batch_step_equals_centralized_sgd(digits):
@@ -75,9 +77,9 @@ def test_stop_keeps_the_rounds_done_and_run_resumes(digits):
 
 
 def test_divergence_names_the_round_and_suggests_a_smaller_learning_rate(digits):
-    fed = fl.Federation(fl.FedConfig(local_lr=1e30, rounds=10), digits)
+    fed = fl.Federation(fl.FedConfig(server_lr=1e30, rounds=10), digits)
     with pytest.raises(
-        fl.DivergedError, match=r"round 1 diverged.*smaller local_lr \(now 1e\+30\)"
+        fl.DivergedError, match=r"round 1 diverged.*server_lr, now 1e\+30\)"
     ):
         fed.run()
     assert len(fed.history) == 0
@@ -150,3 +152,30 @@ def test_history_exports(digits, tmp_path):
     assert list(frame["accuracy"]) == hist.accuracy
     assert hist.rounds_to(0.0) == 1 and hist.rounds_to(1.01) is None
     assert "2 rounds" in repr(hist)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"dropout": 0.3, "deadline": 1.5},
+        {"malicious_fraction": 0.4, "attack": "label_flip"},
+        {"malicious_fraction": 0.4, "attack": "noise"},
+        {"shared_use": "data_sharing", "malicious_fraction": 0.4, "attack": "scale"},
+    ],
+)
+def test_one_device_alone_sends_its_row_of_the_round(digits, changes):
+    # A Flower ClientApp runs train_device; the in-process round, train_returned.
+    cfg = fl.FedConfig(
+        num_devices=10, participation=0.6, local_epochs=2, engine="reference", seed=3
+    )
+    setup = make_setup(cfg.replace(**changes), digits)
+    weights = setup.initial_state().weights
+    for round_idx in (1, 2, 3):
+        plan = fl.plan_round(setup, round_idx)
+        stacked, losses = train_returned(setup, weights, plan)
+        for row, device in enumerate(plan.returned):
+            sent, loss = train_device(setup, weights, plan, int(device))
+            for name, value in sent.items():
+                assert torch.equal(value, stacked[name][row])
+            assert loss == losses[row].item()

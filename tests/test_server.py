@@ -3,6 +3,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fedlearn_lab as fl
+from fedlearn_lab import reference
 from fedlearn_lab.models import make_model
 from fedlearn_lab.server import shared_batches
 
@@ -28,7 +29,7 @@ def test_zero_server_steps_change_nothing(seed, batch):
 
 def test_server_steps_lower_the_shared_loss():
     model, w, x, y = _setup()
-    before = fl.metrics.evaluate(model, w, x, y)[1]
+    before = reference.evaluate(model, w, x, y)[1]
     out, stats = fl.server_adjust(
         model,
         w,
@@ -40,7 +41,7 @@ def test_server_steps_lower_the_shared_loss():
         generator=torch.Generator().manual_seed(0),
     )
     assert stats["server_steps"] == 50
-    assert fl.metrics.evaluate(model, out, x, y)[1] < before
+    assert reference.evaluate(model, out, x, y)[1] < before
 
 
 def test_server_adjust_leaves_its_input_untouched():

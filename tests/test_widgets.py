@@ -12,7 +12,7 @@ import torch
 import fedlearn_lab as fl
 from fedlearn_lab import widgets
 from fedlearn_lab.partition import label_counts
-from fedlearn_lab.rounds import make_setup
+from fedlearn_lab.state import make_setup
 
 torch.set_num_threads(1)  # tiny models: extra threads only add contention
 
@@ -136,7 +136,7 @@ def test_setup_errors_reach_the_panel_too(pg):
 
 
 def test_divergence_is_shown_and_the_run_ends(data):
-    pg = widgets.Playground(data, **{**SMALL, "local_lr": 1e30})
+    pg = widgets.Playground(data, **{**SMALL, "server_lr": 1e30})
     pg.run()
     assert "diverged" in pg.error.value
     assert len(pg.history) == 0 and "stopped" in pg.status.value
@@ -225,7 +225,7 @@ def test_run_while_running_is_refused(data):
 
 
 def test_background_run_shows_divergence_in_the_panel(data):
-    pg = widgets.Playground(data, **{**SMALL, "local_lr": 1e30})
+    pg = widgets.Playground(data, **{**SMALL, "server_lr": 1e30})
 
     async def click_run():
         pg.run_button.click()

@@ -2,25 +2,27 @@
 Engine, or as real processes (a SuperLink and SuperNodes) on this machine.
 
 Needs the extra, ``pip install "fedlearn_lab[flower]"``; the core never imports this
-package. The server is Flower's ``FedAvg`` followed by
-:func:`fedlearn_lab.rounds.finish_round`, the very function the in-process loop calls
-after FedAvg (server adjustment on the shared dataset, evaluation, ``RoundRecord``):
-one implementation of the method. Devices train with :func:`fedlearn_lab.local.sgd`.
+package. A Flower run is the core's round with Flower carrying the messages: the
+strategy's server calls :func:`fedlearn_lab.rounds.plan_round` and
+:func:`fedlearn_lab.rounds.finish_round`, and each device's ClientApp calls
+:func:`fedlearn_lab.rounds.train_device`, the very functions of the in-process loop.
+So faults (dropout, deadline: a lost device is never asked) and attacks (a malicious
+device corrupts its own update, in its ClientApp) behave as in-process.
 
-A run gives the ``History`` of :func:`fedlearn_lab.run` for the same config, up to
-float rounding in Flower's aggregation:
+A run gives the ``History`` of :func:`fedlearn_lab.run` with ``engine="reference"``
+for the same config (the vectorized engine agrees to about 1e-6):
 
 - Flower samples nodes with Python's unseeded ``random``, and node ids change from run
   to run. Here device ``k`` is the node started with ``partition-id=k`` (each node is
   asked once, at the start), and the strategy samples devices with the core's seeded
-  :func:`fedlearn_lab.sampling.sample_devices`.
-- Every sampled device gets the same message: the global weights, the config and the
-  round's sampled ids. The in-process loop draws all sampled devices' minibatch orders
-  in one call (:func:`fedlearn_lab.local.batch_orders`); a device redraws that call and
-  keeps its own row. It can, because every node derives every partition from the seed
-  (a lab's shortcut: real devices would each use their own stream and know only their
-  own data).
-- Replies are aggregated in device order, so float sums do not depend on arrival order.
+  round plan.
+- Every asked device gets the same message: the global weights, the config and the
+  round's index. It derives the round's plan from the seed, as the server does, and
+  redraws the in-process loop's minibatch orders for all returned devices
+  (:func:`fedlearn_lab.reference.batch_orders`), keeping its own row. It can, because
+  every node derives every partition from the seed (a lab's shortcut: real devices
+  would each use their own stream and know only their own data).
+- Replies are stacked in device order, so float sums do not depend on arrival order.
 """
 
 import os
@@ -37,7 +39,6 @@ from .apps import (  # noqa: E402
     load_history,
     save_history,
     server_app,
-    train_device,
 )
 from .processes import run_processes  # noqa: E402
 from .simulation import run_simulation, run_simulations  # noqa: E402
@@ -52,5 +53,4 @@ __all__ = [
     "run_simulations",
     "save_history",
     "server_app",
-    "train_device",
 ]

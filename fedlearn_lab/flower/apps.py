@@ -1,5 +1,6 @@
-"""The Flower apps: a ClientApp whose devices train with the core's SGD, and a FedAvg
-strategy followed by the core's server step.
+"""The Flower apps: a ClientApp whose devices run the core's device side of a round
+(:func:`fedlearn_lab.rounds.train_device`), and a strategy whose server runs the
+core's round plan and server side (:func:`fedlearn_lab.rounds.finish_round`).
 
 See :mod:`fedlearn_lab.flower` for how a Flower run matches the in-process one.
 """
@@ -11,11 +12,10 @@ import dataclasses
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from flwr.app import (
     ArrayRecord,
@@ -30,50 +30,17 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from .. import local
+from ..aggregation import validate_update
 from ..config import FedConfig
 from ..data import Dataset, load_dataset
 from ..history import History, RoundRecord
-from ..methods import device_data
 from ..publish import save_model
-from ..rounds import ServerState, Setup, finish_round, make_setup
-from ..sampling import sample_devices
-from ..seeding import numpy_rng, torch_generator
-from ..weights import Weights, clone
+from ..rounds import RoundPlan, finish_round, plan_round, train_device
+from ..state import Setup, make_setup
 
 OnRound = Callable[[RoundRecord], None]
 #: Run-config keys of the Flower app that are not ``FedConfig`` fields.
 APP_KEYS = ("config-path", "dataset", "out-path", "model-path")
-
-
-def train_device(
-    setup: Setup,
-    weights: Weights,
-    device_id: int,
-    sampled: Sequence[int],
-    round_idx: int,
-) -> tuple[Weights, float]:
-    """Device ``device_id``'s local training in round ``round_idx``, with the
-    minibatches the in-process loop gives it; returns its new weights and mean loss."""
-    cfg, data = setup.cfg, setup.data
-    sizes = [len(idx) for idx in device_data(setup, sampled)]
-    orders = local.batch_orders(
-        sizes,
-        epochs=cfg.local_epochs,
-        generator=torch_generator(cfg.seed, "local", round_idx),
-    )
-    row = list(sampled).index(device_id)
-    (idx,) = device_data(setup, [device_id])
-    batches = local.minibatches(orders[row], sizes[row], cfg.batch_size)
-    new, losses = local.sgd(
-        setup.model,
-        weights,
-        data.x_train[idx],
-        data.y_train[idx],
-        batches,
-        lr=cfg.local_lr,
-    )
-    return new, losses.mean().item()
 
 
 _SETUPS: dict[tuple[str, FedConfig], Setup] = {}
@@ -121,10 +88,10 @@ def client_app(data: Dataset | None = None) -> ClientApp:
         setup = _setup(cfg, key or name, data if data is not None else name)
         device = _device_id(context)
         weights = dict(msg.content["arrays"].to_torch_state_dict())
-        sampled = [int(k) for k in config["devices"]]
-        new, loss = train_device(
-            setup, weights, device, sampled, int(config["server-round"])
-        )
+        # The device derives the round's plan from the seed, as the server does:
+        # whether it is malicious (then it attacks), and its minibatches.
+        plan = plan_round(setup, int(config["round-idx"]))
+        new, loss = train_device(setup, weights, plan, device)
         metrics = {
             "num-examples": len(setup.device_indices[device]),
             "train-loss": loss,
@@ -138,11 +105,11 @@ def client_app(data: Dataset | None = None) -> ClientApp:
 
 
 class ServerAdjustFedAvg(FedAvg):
-    """Flower's FedAvg strategy whose server side is the core's ``rounds.finish_round``.
-
-    Flower delivers the devices' replies; aggregation (FedAvg by default, or
-    ``cfg.aggregator``), update screening, the server adjustment (fixed or FedDU),
-    evaluation and the record are the same code as in-process.
+    """Flower's FedAvg strategy whose rounds are the core's: the seeded round plan
+    picks the devices (:func:`fedlearn_lab.rounds.plan_round`), only those that
+    return are asked, and :func:`fedlearn_lab.rounds.finish_round` does the rest
+    (screening, aggregation by ``cfg.aggregator``, the server adjustment, evaluation
+    and the record), the same code as in-process.
 
     ``nodes`` maps device ids to Flower node ids. The rounds' records gather in
     ``history``; ``on_round(record)`` is called after each.
@@ -154,9 +121,9 @@ class ServerAdjustFedAvg(FedAvg):
         super().__init__(fraction_evaluate=0.0, min_available_nodes=len(nodes))
         self.setup, self.nodes, self.on_round = setup, nodes, on_round
         self.devices = {node: k for k, node in nodes.items()}
-        self.state = ServerState(0, clone(dict(setup.model.state_dict())))
+        self.state = setup.initial_state()
         self.history = History()
-        self._round: tuple[np.ndarray, float] | None = None  # sampled ids, start time
+        self._round: tuple[RoundPlan, float] | None = None  # the plan, start time
 
     @property
     def finished(self) -> bool:
@@ -171,44 +138,48 @@ class ServerAdjustFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global weights to the devices the core's seeded sampling picks."""
+        """Send the global weights to the devices of the round's plan that return
+        (a lost device is never asked: its reply would be discarded)."""
         if self.finished:
             return []
-        cfg = self.setup.cfg
-        t = self.state.round_idx + 1
-        sampled = sample_devices(
-            cfg.num_devices, cfg.participation, numpy_rng(cfg.seed, "sample", t)
-        )
-        self._round = (sampled, time.perf_counter())
-        config["server-round"] = t
-        config["devices"] = [int(k) for k in sampled]
+        plan = plan_round(self.setup, self.state.round_idx + 1)
+        self._round = (plan, time.perf_counter())
+        config["round-idx"] = plan.round_idx
         record = RecordDict(
             {self.arrayrecord_key: arrays, self.configrecord_key: config}
         )
-        nodes = [self.nodes[int(k)] for k in sampled]
+        nodes = [self.nodes[int(k)] for k in plan.returned]
         return self._construct_messages(record, nodes, MessageType.TRAIN)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """FedAvg over the replies in device order, then adjust, evaluate and record."""
+        """The core's server side over the replies in device order."""
         if self._round is None:
             return None, None
-        (sampled, started), self._round = self._round, None
-        ordered = self._in_device_order(list(replies), sampled)
-        updates = [dict(m.content["arrays"].to_torch_state_dict()) for m in ordered]
+        (plan, started), self._round = self._round, None
+        ordered = self._in_device_order(list(replies), plan)
+        rows = [dict(m.content["arrays"].to_torch_state_dict()) for m in ordered]
+        for device, row in zip(plan.returned, rows, strict=True):
+            if (reason := validate_update(row, self.state.weights)) not in (
+                None,
+                "non-finite",
+            ):
+                raise RuntimeError(
+                    f"device {device} sent malformed weights in round "
+                    f"{plan.round_idx} ({reason})"
+                )
+        updates = {
+            k: torch.stack([row[k] for row in rows])
+            if rows
+            else v.new_empty(0, *v.shape)
+            for k, v in self.state.weights.items()
+        }
         losses = torch.tensor(
             [float(m.content["metrics"]["train-loss"]) for m in ordered]
         )
         self.state, record = finish_round(
-            self.state,
-            self.setup,
-            sampled=sampled,
-            returned=sampled,
-            lost={},
-            updates=updates,
-            train_losses=losses,
-            started=started,
+            self.state, self.setup, plan, updates, losses, started=started
         )
         self.history.append(record)
         if self.on_round is not None:
@@ -221,22 +192,22 @@ class ServerAdjustFedAvg(FedAvg):
         return ArrayRecord(self.state.weights), MetricRecord(metrics)
 
     def _in_device_order(
-        self, replies: list[Message], sampled: np.ndarray
+        self, replies: list[Message], plan: RoundPlan
     ) -> list[Message]:
-        t = self.state.round_idx + 1
         for reply in replies:
             if reply.has_error():
                 device = self.devices.get(reply.metadata.src_node_id)
                 raise RuntimeError(
-                    f"device {device} failed in round {t}: {reply.error.reason}"
+                    f"device {device} failed in round {plan.round_idx}: "
+                    f"{reply.error.reason}"
                 )
         by_device = {self.devices[m.metadata.src_node_id]: m for m in replies}
-        if sorted(by_device) != [int(k) for k in sampled]:
+        if sorted(by_device) != [int(k) for k in plan.returned]:
             raise RuntimeError(
-                f"round {t}: devices {list(sampled)} were sampled but "
-                f"{sorted(by_device)} replied"
+                f"round {plan.round_idx}: devices {list(plan.returned)} were asked "
+                f"but {sorted(by_device)} replied"
             )
-        return [by_device[int(k)] for k in sampled]
+        return [by_device[int(k)] for k in plan.returned]
 
 
 def find_devices(grid: Grid, num_devices: int, timeout: float) -> dict[int, int]:

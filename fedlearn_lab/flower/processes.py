@@ -34,7 +34,7 @@ from pathlib import Path
 from ..config import FedConfig
 from ..data import load_dataset
 from ..history import History
-from ..rounds import make_setup
+from ..state import make_setup
 from .apps import load_history
 
 #: The example app folder of a source checkout.

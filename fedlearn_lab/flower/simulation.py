@@ -15,7 +15,7 @@ from flwr.serverapp import Grid, ServerApp
 from ..config import FedConfig
 from ..data import Dataset, load_digits
 from ..history import History
-from ..rounds import make_setup
+from ..state import make_setup
 from .apps import OnRound, client_app, find_devices, serve
 
 

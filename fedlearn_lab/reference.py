@@ -1,7 +1,9 @@
-"""Local training on the sampled devices: plain minibatch SGD from the global weights.
+"""The reference engine: one device, one SGD step, one model at a time.
 
 ``sgd`` is the one training routine of the package: devices use it on their own data
-and the server uses it on the shared dataset.
+and the server uses it on the shared dataset. The vectorized engine
+(:mod:`fedlearn_lab.vectorized`) computes the same numbers faster; tests hold the two
+together.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.functional import cross_entropy
 
-from .weights import Updates, Weights, as_stacked, unstack
+from .weights import Weights
 
 
 def batch_orders(
@@ -66,37 +68,6 @@ def sgd(
     return new, torch.stack(losses) if losses else torch.zeros(0)
 
 
-def train_devices(
-    model: nn.Module,
-    weights: Weights,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    device_indices: Sequence[torch.Tensor],
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    generator: torch.Generator,
-    engine: str = "vectorized",
-    stacked: bool = False,
-) -> tuple[Updates, torch.Tensor]:
-    """Train the sampled devices from ``weights``, as ``engine`` computes it
-    (:data:`fedlearn_lab.engines.ENGINES`: the same result either way).
-
-    Returns the devices' new weights, a list (or stacked along a leading device axis
-    if ``stacked``), and their mean training loss, shape (devices,).
-    """
-    from .engines import ENGINES  # engines.py imports this module
-
-    trained, losses = ENGINES[engine].train_devices(
-        model, weights, x, y, device_indices,
-        epochs=epochs, lr=lr, batch_size=batch_size, generator=generator,
-    )  # fmt: skip
-    if stacked:
-        return as_stacked(trained), losses
-    return (unstack(trained) if isinstance(trained, dict) else trained), losses
-
-
 def train_each(
     model: nn.Module,
     weights: Weights,
@@ -108,15 +79,51 @@ def train_each(
     lr: float,
     batch_size: int,
     generator: torch.Generator,
-) -> tuple[list[Weights], torch.Tensor]:
-    """Train each device in turn from ``weights`` (the reference path)."""
+) -> tuple[Weights, torch.Tensor]:
+    """Train each device in turn from ``weights``.
+
+    Returns the devices' new weights stacked along a leading device axis, and their
+    mean training loss, shape (devices,).
+    """
     sizes = [len(idx) for idx in device_indices]
     orders = batch_orders(sizes, epochs=epochs, generator=generator)
     results, mean_losses = [], []
     for idx, size, order in zip(device_indices, sizes, orders, strict=True):
-        local, losses = sgd(
-            model, weights, x[idx], y[idx], minibatches(order, size, batch_size), lr=lr
-        )
+        batches = minibatches(order, size, batch_size)
+        local, losses = sgd(model, weights, x[idx], y[idx], batches, lr=lr)
         results.append(local)
         mean_losses.append(losses.mean())
-    return results, torch.stack(mean_losses)
+    stacked = {k: torch.stack([w[k] for w in results]) for k in weights}
+    return stacked, torch.stack(mean_losses)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, weights: Weights, x: torch.Tensor, y: torch.Tensor
+) -> tuple[float, float]:
+    """Return ``(accuracy, mean cross-entropy loss)`` of ``weights`` on ``(x, y)``."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    logits = functional_call(model, weights, (x,))
+    accuracy = (logits.argmax(dim=1) == y).double().mean().item()
+    return accuracy, cross_entropy(logits, y).item()
+
+
+def evaluate_each(
+    model: nn.Module, weights: Sequence[Weights], x: torch.Tensor, y: torch.Tensor
+) -> list[tuple[float, float]]:
+    """:func:`evaluate` for each of ``weights`` in turn."""
+    return [evaluate(model, w, x, y) for w in weights]
+
+
+@torch.no_grad()
+def per_device_accuracy(
+    model: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    device_indices: Sequence[torch.Tensor],
+) -> list[float]:
+    """Accuracy of ``weights`` on each device's own data (one pass over all of it)."""
+    correct = functional_call(model, weights, (x,)).argmax(dim=1) == y
+    return [correct[idx].double().mean().item() for idx in device_indices]
