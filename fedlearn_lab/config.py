@@ -88,6 +88,8 @@ class FedConfig:
     # FedProx's proximal term (proximal_mu > 0) and SCAFFOLD's control variates.
     # Server side (server_opt.py): an adaptive optimiser fed the average change,
     # FedAdam, FedYogi or FedAdagrad; server_opt_* have no effect with "none".
+    # server_opt_lr 0.03 suits FedAdam and FedYogi on digits (FedAdagrad, whose v
+    # only grows, wants about 0.1); beta1, beta2 and tau are Flower's FedAdam defaults.
     proximal_mu: float = 0.0
     scaffold: bool = False
     server_opt: str = "none"
