@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .weights import Weights
+from .weights import Weights, stack
 
 _GROUP_BYTES = 4 << 20  # see _finite_and_norms
 
@@ -112,8 +112,7 @@ def _from_pairs(pairs: Pairs) -> Stacked:
     """``[(weights, num_examples)]`` as :class:`Stacked`."""
     if not pairs:
         return Stacked({}, [])
-    rows = {k: torch.stack([w[k] for w, _ in pairs]) for k in pairs[0][0]}
-    return Stacked(rows, [n for _, n in pairs])
+    return Stacked(stack([w for w, _ in pairs]), [n for _, n in pairs])
 
 
 def validate_update(update: object, reference: Weights) -> str | None:
@@ -159,8 +158,21 @@ def screen_updates(
     updates. Stacked updates all have the global model's form; weights that arrive
     one by one (a Flower reply, a checkpoint) are checked with
     :func:`validate_update` first.
+
+    The norms are computed for all updates at once (one by one, this would cost more
+    than the vectorized engine's local training), in groups of a few MiB of float64.
+    The weights are float32, so their squares cannot overflow float64: a norm is
+    finite exactly when its update is.
     """
-    norms = _delta_norms(updates, reference)
+    norms = []  # delta norms, in groups of a few MiB of float64 (see below)
+    size = max(1, _GROUP_BYTES // (8 * sum(v.numel() for v in reference.values())))
+    for start in range(0, next(iter(updates.values())).shape[0], size):
+        squares = [
+            v[start : start + size].to(torch.float64, copy=True).sub_(reference[k])
+            for k, v in updates.items()
+        ]
+        total = torch.stack([d.square_().flatten(1).sum(1) for d in squares]).sum(0)
+        norms += total.sqrt().tolist()  # NaN or Inf for a non-finite update
     finite = [n for n in norms if math.isfinite(n)]
     limit = math.inf
     if max_norm_ratio is not None and finite:
@@ -169,24 +181,3 @@ def screen_updates(
         "non-finite" if not math.isfinite(n) else "norm" if n > limit else None
         for n in norms
     ]
-
-
-def _delta_norms(updates: Weights, reference: Weights) -> list[float]:
-    """:func:`delta_norm` of each stacked update, NaN or Inf for a non-finite one.
-
-    Computed for many updates at once (one by one, this would cost more than the
-    vectorized engine's local training), in groups of a few MiB of float64. The
-    weights are float32, so their squares cannot overflow float64: the sum is finite
-    exactly when the update is.
-    """
-    num_updates = next(iter(updates.values())).shape[0]
-    size = max(1, _GROUP_BYTES // (8 * sum(v.numel() for v in reference.values())))
-    norms: list[float] = []
-    for start in range(0, num_updates, size):
-        squares = [
-            v[start : start + size].to(torch.float64, copy=True).sub_(reference[k])
-            for k, v in updates.items()
-        ]
-        total = torch.stack([d.square_().flatten(1).sum(1) for d in squares]).sum(0)
-        norms += total.sqrt().tolist()
-    return norms

@@ -15,6 +15,7 @@ SHARED_USES = ("adjust", "hybrid", "data_sharing")
 SERVER_SCHEDULES = ("fixed", "feddu")
 FEDDU_MODES = ("steps", "interpolate")
 SERVER_MOMENTUMS = ("none", "feddum", "fedavgm")
+SERVER_OPTS = ("none", "adam", "yogi", "adagrad")
 ENGINES = ("vectorized", "reference")
 
 
@@ -34,6 +35,17 @@ class FedConfig:
     ``max_norm_ratio`` times the round's median change are rejected. A fixed
     ``malicious_fraction`` of devices runs ``attack`` (``attack_strength`` sets its
     size), and ``aggregator`` names the rule that combines the updates.
+
+    Other non-IID remedies: ``proximal_mu > 0`` adds FedProx's proximal term
+    ``mu/2 ||w - w_global||^2`` to every device's loss; ``scaffold=True`` corrects
+    every local step with SCAFFOLD's control variates (option II, global step 1);
+    ``server_opt`` feeds the average change to Adam, Yogi or Adagrad on the server
+    (rate ``server_opt_lr``, decays ``server_opt_beta1/2``, adaptivity
+    ``server_opt_tau``). Refused as meaningless: ``server_opt`` with
+    ``server_momentum`` (two server optimisers on one move) and ``scaffold`` with a
+    robust ``aggregator`` (the control variates assume the mean). Changing
+    ``server_opt_*`` while ``server_opt="none"`` is allowed: those settings are
+    inactive, as ``momentum_beta`` is without momentum.
     """
 
     num_devices: int = 50
@@ -72,6 +84,19 @@ class FedConfig:
     server_decay: float = 0.99
     server_momentum: str = "none"
     momentum_beta: float = 0.9
+    # --- The field's other non-IID remedies. Device side (local.py, scaffold.py):
+    # FedProx's proximal term (proximal_mu > 0) and SCAFFOLD's control variates.
+    # Server side (server_opt.py): an adaptive optimiser fed the average change,
+    # FedAdam, FedYogi or FedAdagrad; server_opt_* have no effect with "none".
+    # server_opt_lr 0.03 suits FedAdam and FedYogi on digits (FedAdagrad, whose v
+    # only grows, wants about 0.1); beta1, beta2 and tau are Flower's FedAdam defaults.
+    proximal_mu: float = 0.0
+    scaffold: bool = False
+    server_opt: str = "none"
+    server_opt_lr: float = 0.03
+    server_opt_beta1: float = 0.9
+    server_opt_beta2: float = 0.99
+    server_opt_tau: float = 1e-3
     # --- Simulated cost of a round (see cost.py): compute speeds and bandwidths.
     device_gflops: float = 1.0
     server_gflops: float = 100.0
@@ -161,6 +186,15 @@ def _positive(name: str):
     return check
 
 
+def _non_negative(name: str):
+    def check(cfg: FedConfig) -> None:
+        value = getattr(cfg, name)
+        if not (_real(value) and value >= 0):
+            _fail(name, value, "a finite number >= 0 (0 = off)")
+
+    return check
+
+
 def _choice(name: str, choices: tuple[str, ...]):
     def check(cfg: FedConfig) -> None:
         value = getattr(cfg, name)
@@ -246,6 +280,28 @@ def _check_schedule(cfg: FedConfig) -> None:
         )
 
 
+def _check_scaffold(cfg: FedConfig) -> None:
+    if not isinstance(cfg.scaffold, bool):
+        _fail("scaffold", cfg.scaffold, "True or False")
+    if cfg.scaffold and cfg.aggregator != "fedavg":
+        _fail(
+            "scaffold",
+            cfg.scaffold,
+            f"False with aggregator={cfg.aggregator!r} (SCAFFOLD's control variates "
+            "assume the devices' changes are averaged: use aggregator='fedavg')",
+        )
+
+
+def _check_server_opt(cfg: FedConfig) -> None:
+    if cfg.server_opt != "none" and cfg.server_momentum != "none":
+        _fail(
+            "server_opt",
+            cfg.server_opt,
+            f"'none' with server_momentum={cfg.server_momentum!r} (two server "
+            "optimisers on one move: pick one of them)",
+        )
+
+
 def _check_target(cfg: FedConfig) -> None:
     value = cfg.target_accuracy
     if value is not None and not (_real(value) and 0 < value <= 1):
@@ -279,6 +335,13 @@ _CHECKS = (
     _in_range("momentum_beta", 0, 1, low_open=False, high_open=True),
     _check_schedule,
     _check_shared_steps,
+    _non_negative("proximal_mu"),
+    _choice("server_opt", SERVER_OPTS),
+    _check_server_opt,
+    _positive("server_opt_lr"),
+    _in_range("server_opt_beta1", 0, 1, low_open=False, high_open=True),
+    _in_range("server_opt_beta2", 0, 1, low_open=False, high_open=True),
+    _positive("server_opt_tau"),
     _positive("device_gflops"),
     _positive("server_gflops"),
     _positive("device_mbps"),
@@ -295,5 +358,6 @@ _CHECKS = (
     _choice("attack", ATTACKS),
     _positive("attack_strength"),
     _choice("aggregator", AGGREGATORS),
+    _check_scaffold,
     _choice("engine", ENGINES),
 )

@@ -22,6 +22,7 @@ from .history import History, RoundRecord
 from .reference import per_device_accuracy
 from .rounds import DivergedError, run_round
 from .state import ServerState, Setup, make_setup
+from .weights import clone
 
 
 @dataclass
@@ -118,7 +119,7 @@ class Federation:
     def publish(self) -> nn.Module:
         """The trained global model as a ready-to-use ``torch.nn.Module``."""
         model = copy.deepcopy(self.setup.model)  # the round's model is never changed
-        model.load_state_dict({k: v.clone() for k, v in self.state.weights.items()})
+        model.load_state_dict(clone(self.state.weights))
         return model
 
     def device_accuracy(self) -> list[float]:

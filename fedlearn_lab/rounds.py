@@ -95,9 +95,10 @@ def plan_round(setup: Setup, round_idx: int) -> RoundPlan:
     returned, lost = sampled, {}
     if cfg.dropout > 0 or cfg.deadline is not None:
         returned, lost = faults.arrivals(sampled, setup.device_sizes, cfg, round_idx)
-    malicious = returned[:0]
-    if cfg.malicious_fraction > 0:
-        malicious = returned[np.isin(returned, _attackers(setup))]
+    attack = cfg.malicious_fraction > 0
+    malicious = (
+        returned[np.isin(returned, _attackers(setup))] if attack else returned[:0]
+    )
     return RoundPlan(round_idx, sampled, returned, lost, malicious)
 
 
@@ -111,16 +112,11 @@ def train_returned(
     if len(plan.returned) == 0:
         return {k: v.new_empty(0, *v.shape) for k, v in weights.items()}, torch.zeros(0)
     flips = cfg.attack == "label_flip" and len(plan.malicious) > 0
+    y = _labels(setup, plan.malicious) if flips else data.y_train
+    indices = [setup.train_indices[k] for k in plan.returned]
+    rng = torch_generator(cfg.seed, "local", plan.round_idx)
     trained, losses = setup.engine.train_devices(
-        setup.model,
-        weights,
-        data.x_train,
-        _labels(setup, plan.malicious) if flips else data.y_train,
-        [setup.train_indices[k] for k in plan.returned],
-        epochs=cfg.local_epochs,
-        lr=cfg.local_lr,
-        batch_size=cfg.batch_size,
-        generator=torch_generator(cfg.seed, "local", plan.round_idx),
+        setup.model, weights, data.x_train, y, indices, generator=rng, **setup.training
     )
     if len(plan.malicious) and cfg.attack != "label_flip":
         trained = _attack_rows(setup, weights, trained, plan)
@@ -206,7 +202,8 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     started = time.perf_counter()
     plan = plan_round(setup, state.round_idx + 1)
     updates, train_losses = train_returned(setup, state.weights, plan)
-    return finish_round(state, setup, plan, updates, train_losses, started=started)
+    state, record = finish_round(state, setup, plan, updates, train_losses)
+    return state, dataclasses.replace(record, seconds=time.perf_counter() - started)
 
 
 def finish_round(
@@ -215,13 +212,12 @@ def finish_round(
     plan: RoundPlan,
     updates: Weights,
     train_losses: torch.Tensor,
-    *,
-    started: float,
 ) -> tuple[ServerState, RoundRecord]:
     """The server's side of a round: screen the returned ``updates`` (stacked in
     ``plan.returned`` order), aggregate them, adjust on the shared dataset, evaluate,
-    and record. If no update survives, the aggregation model is the previous global
-    model; the server adjustment still runs."""
+    and record (its ``seconds`` are the caller's to set). If no update survives, the
+    aggregation model is the previous global model; the server adjustment still
+    runs."""
     cfg, round_idx, use = setup.cfg, plan.round_idx, setup.use
     reasons = screen_updates(updates, state.weights, max_norm_ratio=cfg.max_norm_ratio)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
@@ -263,7 +259,6 @@ def finish_round(
         shared_label_divergence=setup.shared_label_divergence,
         **dataclasses.asdict(update.stats),
         **dataclasses.asdict(cost),
-        seconds=time.perf_counter() - started,
         returned=tuple(int(k) for k in plan.returned),
         rejected=tuple(rejected),
         failures=tuple(sorted({**plan.lost, **rejected}.items())),

@@ -49,33 +49,6 @@ def shared_batches(
     return list(stream[: steps * size].reshape(steps, size))
 
 
-def server_adjust(
-    model: nn.Module,
-    weights: Weights,
-    x_shared: torch.Tensor,
-    y_shared: torch.Tensor,
-    *,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    generator: torch.Generator,
-    sgd: Callable = sgd,
-) -> tuple[Weights, dict[str, float]]:
-    """Train the aggregation model ``steps`` SGD steps on the shared dataset.
-
-    Returns the adjusted weights and stats (``server_steps``, ``server_loss``: the mean
-    loss over the steps). Zero steps, or an empty shared dataset, change nothing.
-    ``sgd`` is the training routine (``reference.sgd`` or a faster equivalent).
-    """
-    if steps == 0 or len(y_shared) == 0:
-        return weights, {"server_steps": 0, "server_loss": float("nan")}
-    batches = shared_batches(
-        len(y_shared), steps=steps, batch_size=batch_size, generator=generator
-    )
-    adjusted, losses = sgd(model, weights, x_shared, y_shared, batches, lr=lr)
-    return adjusted, {"server_steps": steps, "server_loss": losses.mean().item()}
-
-
 @dataclass(frozen=True)
 class ServerStats:
     """What the server's own training did this round, as ``RoundRecord`` fields:
@@ -87,6 +60,34 @@ class ServerStats:
     server_alpha: float | None = None
     server_tau: int | None = None
     sampled_label_divergence: float | None = None
+
+
+def server_adjust(
+    model: nn.Module,
+    weights: Weights,
+    x_shared: torch.Tensor,
+    y_shared: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    generator: torch.Generator,
+    sgd: Callable = sgd,
+) -> tuple[Weights, ServerStats]:
+    """Train the aggregation model ``steps`` SGD steps on the shared dataset.
+
+    Returns the adjusted weights and the steps' stats (``server_steps``, and
+    ``server_loss``: the mean loss over the steps). Zero steps, or an empty shared
+    dataset, change nothing. ``sgd`` is the training routine (``reference.sgd`` or a
+    faster equivalent).
+    """
+    if steps == 0 or len(y_shared) == 0:
+        return weights, ServerStats()
+    batches = shared_batches(
+        len(y_shared), steps=steps, batch_size=batch_size, generator=generator
+    )
+    adjusted, losses = sgd(model, weights, x_shared, y_shared, batches, lr=lr)
+    return adjusted, ServerStats(steps, losses.mean().item())
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,21 +103,12 @@ class ServerUpdate:
 def _adjust(setup: Setup, weights: Weights, steps: int, round_idx: int) -> ServerUpdate:
     """``steps`` SGD steps on the shared dataset, with their FLOPs."""
     cfg, (x, y) = setup.cfg, setup.shared_data
+    rng = torch_generator(cfg.seed, "server", round_idx)
     adjusted, stats = server_adjust(
-        setup.model,
-        weights,
-        x,
-        y,
-        steps=steps,
-        lr=cfg.server_lr,
-        batch_size=cfg.server_batch_size,
-        generator=torch_generator(cfg.seed, "server", round_idx),
-        sgd=setup.engine.sgd,
+        setup.model, weights, x, y, steps=steps, generator=rng, **setup.server_training
     )
-    samples = stats["server_steps"] * min(len(y), cfg.server_batch_size)
-    return ServerUpdate(
-        adjusted, train_flops(setup.macs, samples), ServerStats(**stats)
-    )
+    samples = stats.server_steps * min(len(y), cfg.server_batch_size)
+    return ServerUpdate(adjusted, train_flops(setup.macs, samples), stats)
 
 
 def fixed_schedule(
@@ -192,16 +184,10 @@ def train_alongside(
     """Hybrid-FL: the server trains on the shared dataset like one more participant;
     returns its weights, its number of samples and the FLOPs it spent."""
     cfg, shared = setup.cfg, setup.shared_indices
+    x, y = setup.data.x_train, setup.data.y_train
+    rng = torch_generator(cfg.seed, "hybrid", round_idx)
     trained, _ = setup.engine.train_devices(
-        setup.model,
-        state.weights,
-        setup.data.x_train,
-        setup.data.y_train,
-        [shared],
-        epochs=cfg.local_epochs,
-        lr=cfg.local_lr,
-        batch_size=cfg.batch_size,
-        generator=torch_generator(cfg.seed, "hybrid", round_idx),
+        setup.model, state.weights, x, y, [shared], generator=rng, **setup.training
     )
     flops = train_flops(setup.macs, cfg.local_epochs * len(shared))
     return {k: v[0] for k, v in trained.items()}, len(shared), flops

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from .feddu import label_distribution, label_divergence
 from .models import make_model
 from .partition import label_counts, partition_devices, shared_split
 from .seeding import numpy_rng, torch_generator
-from .weights import Weights, weights_bytes
+from .weights import Weights, clone, weights_bytes
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,27 @@ class Setup:
     def use(self) -> SharedUse:
         """Where the shared dataset goes (``cfg.shared_use``), looked up once."""
         return SHARED_USES[self.cfg.shared_use]
+
+    @cached_property
+    def training(self) -> dict[str, Any]:
+        """How every participant trains locally (the engines' keyword arguments)."""
+        cfg = self.cfg
+        return {
+            "epochs": cfg.local_epochs,
+            "lr": cfg.local_lr,
+            "batch_size": cfg.batch_size,
+        }
+
+    @cached_property
+    def server_training(self) -> dict[str, Any]:
+        """How the server trains on the shared dataset (``server_adjust``'s keyword
+        arguments, with this engine's SGD)."""
+        cfg = self.cfg
+        return {
+            "lr": cfg.server_lr,
+            "batch_size": cfg.server_batch_size,
+            "sgd": self.engine.sgd,
+        }
 
     @cached_property
     def train_indices(self) -> list[torch.Tensor]:
@@ -162,8 +184,7 @@ class Setup:
 
     def initial_state(self) -> ServerState:
         """Round 0: the model's initial weights (a copy), no momentum yet."""
-        weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        return ServerState(0, weights)
+        return ServerState(0, clone(dict(self.model.state_dict())))
 
 
 def make_setup(cfg: FedConfig, data: Dataset) -> Setup:

@@ -13,6 +13,13 @@ and trained in chunks that fit in cache. The MLP and logistic regression get
 hand-written gradients (a few batched matrix products; at this size every tensor
 operation costs more than its FLOPs); any other model runs through ``torch.func.vmap``
 and autograd.
+
+FedProx's proximal term and SCAFFOLD's correction (see ``reference.sgd``) batch like the
+rest: at each step, before the gradient step, every active model's extra term
+``mu (w - w_start) + (c - c_i)`` is taken with a few ``torch._foreach`` operations
+on the stacked weights (``w_start`` broadcast from the global weights, ``c - c_i``
+one row per device), and subtracted times ``lr`` after it. Both kinds of step, the
+hand-written one and autograd's, are left as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from torch.nn.functional import cross_entropy, embedding, pad
 from torch.nn.utils.rnn import pad_sequence
 
 from .models import MLP, LogReg
-from .reference import batch_orders
+from .reference import batch_orders, check_remedies
 from .weights import Weights, weights_bytes
 
 # Per step: data indices (active, width); labels and loss weights (active, 1, width).
@@ -51,12 +58,25 @@ def train_devices(
     lr: float,
     batch_size: int,
     generator: torch.Generator,
+    mu: float = 0.0,
+    corrections: Weights | None = None,
 ) -> tuple[Weights, torch.Tensor]:
     """Train every device from ``weights`` at once; the same result as the reference
-    ``reference.train_each`` (the same batches from the same generator), stacked."""
+    ``reference.train_each`` (the same batches from the same generator), stacked.
+
+    ``mu`` and ``corrections`` (row ``k`` for device ``k``): see ``reference.sgd``.
+    """
+    num_devices = len(device_indices)
+    if mu != 0 or corrections is not None:
+        check_remedies(
+            weights,
+            mu=mu,
+            corrections=corrections,
+            stacked=True,
+            num_devices=num_devices,
+        )
     sizes = torch.tensor([idx.shape[0] for idx in device_indices])
     orders = batch_orders(sizes, epochs=epochs, generator=generator)
-    num_devices = len(device_indices)
     trained = {k: v.new_empty(num_devices, *v.shape) for k, v in weights.items()}
     loss_sums = torch.empty(num_devices)
     # Largest first, so the devices still training form a prefix; chunks of devices
@@ -66,7 +86,12 @@ def train_devices(
         devices = [device_indices[k] for k in chunk.tolist()]
         plan = _device_plan(devices, sizes[chunk], orders[chunk], y, batch_size)
         stacked = {k: v.expand(chunk.shape[0], *v.shape) for k, v in weights.items()}
-        new, losses = sgd_stacked(model, stacked, x, plan, lr=lr)
+        rows = None  # the chunk's corrections, in the chunk's order
+        if corrections is not None:
+            rows = {k: v[chunk] for k, v in corrections.items()}
+        new, losses = sgd_stacked(
+            model, stacked, x, plan, lr=lr, mu=mu, corrections=rows
+        )
         for k, v in new.items():
             trained[k].index_copy_(0, chunk, v)
         loss_sums.index_copy_(0, chunk, losses.sum(0))
@@ -117,8 +142,12 @@ def sgd(
     batches: Sequence[torch.Tensor],
     *,
     lr: float,
+    mu: float = 0.0,
+    correction: Weights | None = None,
 ) -> tuple[Weights, torch.Tensor]:
     """The same as ``reference.sgd`` (one model, one step per index batch), faster."""
+    if mu != 0 or correction is not None:
+        check_remedies(weights, mu=mu, corrections=correction, stacked=False)
     plan = []
     if batches:
         index = pad_sequence(list(batches), batch_first=True)  # (steps, width)
@@ -127,28 +156,70 @@ def sgd(
         steps = index[:, None], y[index][:, None, None], weight[:, None, None]
         plan = list(zip(*steps, strict=True))
     stacked = {k: v[None] for k, v in weights.items()}
-    trained, losses = sgd_stacked(model, stacked, x, plan, lr=lr)
+    rows = None if correction is None else {k: v[None] for k, v in correction.items()}
+    trained, losses = sgd_stacked(
+        model, stacked, x, plan, lr=lr, mu=mu, corrections=rows
+    )
     return {k: v[0] for k, v in trained.items()}, losses[:, 0]
 
 
 def sgd_stacked(
-    model: nn.Module, weights: Weights, x: torch.Tensor, plan: Plan, *, lr: float
+    model: nn.Module,
+    weights: Weights,
+    x: torch.Tensor,
+    plan: Plan,
+    *,
+    lr: float,
+    mu: float = 0.0,
+    corrections: Weights | None = None,
 ) -> tuple[Weights, torch.Tensor]:
     """Run ``plan`` on stacked ``weights``; returns new weights and the step losses,
-    shape (steps, models), 0 where a model had finished."""
+    shape (steps, models), 0 where a model had finished. ``mu`` pulls each model
+    towards its row of ``weights`` and ``corrections`` (stacked) add to its
+    gradient, as in ``reference.sgd``."""
     params = [v.clone() for v in weights.values()]  # updated in place below
     num_models = params[0].shape[0]
     step, views = _sgd_step(model, list(weights))
     work = views(params)
+    extra = _remedies(views, weights, mu, corrections)
     losses = []
     for index, labels, weight in plan:
         active = work
         if index.shape[0] < num_models:
             active = [p[: index.shape[0]] for p in work]
+        terms = extra(active) if extra else None  # at the weights the step starts from
         losses.append(step(active, embedding(index, x), labels, weight, lr))
+        if terms is not None:
+            torch._foreach_add_(active, terms, alpha=-lr)
     # (steps, models); the leading row of zeros sets the width if a model had no step.
     losses = pad_sequence([torch.zeros(num_models), *losses], batch_first=True)[1:]
     return dict(zip(weights, params, strict=True)), losses
+
+
+def _remedies(
+    views: Callable[[Params], Params],
+    weights: Weights,
+    mu: float,
+    corrections: Weights | None,
+) -> Callable[[Params], Params] | None:
+    """``terms(active)``: each active model's ``mu (w - w_start) + correction``, in
+    the step's views; None when both are off (then the step is plain SGD)."""
+    if mu == 0 and corrections is None:
+        return None
+    start = views(list(weights.values()))
+    fixed = None if corrections is None else views([corrections[k] for k in weights])
+
+    def terms(active: Params) -> Params:
+        rows = active[0].shape[0]
+        if mu == 0:
+            return [c[:rows] for c in fixed]
+        out = torch._foreach_sub(active, [s[:rows] for s in start])
+        torch._foreach_mul_(out, mu)
+        if fixed is not None:
+            torch._foreach_add_(out, [c[:rows] for c in fixed])
+        return out
+
+    return terms
 
 
 @torch.no_grad()

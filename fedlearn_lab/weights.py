@@ -1,7 +1,13 @@
 """State-dict arithmetic. ``Weights`` maps parameter names to tensors; nothing here
 changes its inputs in place.
 
-A *delta* is always ``local - global`` (the direction a device moved the model).
+Words used across the package:
+
+- *weights*: a model's full parameters, ``{name: tensor}``.
+- *update*: what a device returns after local training: its new weights (never a
+  difference). Inside a round the updates of all returned devices are *stacked*,
+  ``{name: (devices, ...)}``, row ``i`` from the ``i``-th returned device.
+- *delta*: always ``local - global`` (the direction a device moved the model).
 """
 
 from __future__ import annotations
@@ -11,8 +17,6 @@ from collections.abc import Sequence
 import torch
 
 Weights = dict[str, torch.Tensor]
-# Several devices' weights: a list, or stacked along a leading device axis.
-Updates = Sequence[Weights] | Weights
 
 
 def add(a: Weights, b: Weights) -> Weights:
@@ -35,18 +39,6 @@ def clone(a: Weights) -> Weights:
     return {k: v.detach().clone() for k, v in a.items()}
 
 
-def weighted_mean(weights: Updates, coefficients: Sequence[float]) -> Weights:
-    """``sum_i c_i w_i / sum_i c_i``: the average FedAvg takes."""
-    if count(weights) == 0 or count(weights) != len(coefficients):
-        raise ValueError("weighted_mean needs as many coefficients as weights (>= 1)")
-    if min(coefficients) < 0 or sum(coefficients) <= 0:
-        raise ValueError("weighted_mean coefficients must be >= 0 with a positive sum")
-    rows = as_stacked(weights)
-    c = torch.as_tensor(coefficients, dtype=torch.float64)
-    c = (c / c.sum()).to(next(iter(rows.values())).dtype)
-    return {k: torch.tensordot(c, v, 1) for k, v in rows.items()}
-
-
 def stack(weights: Sequence[Weights]) -> Weights:
     """Stack per-device weights along a new leading device axis."""
     return {k: torch.stack([w[k] for w in weights]) for k in weights[0]}
@@ -56,30 +48,6 @@ def unstack(stacked: Weights) -> list[Weights]:
     """Inverse of :func:`stack`."""
     rows = zip(*(v.unbind() for v in stacked.values()), strict=True)
     return [dict(zip(stacked, row, strict=True)) for row in rows]
-
-
-def count(updates: Updates) -> int:
-    """Number of devices in ``updates``."""
-    if isinstance(updates, dict):
-        return next(iter(updates.values())).shape[0] if updates else 0
-    return len(updates)
-
-
-def as_stacked(updates: Updates) -> Weights:
-    """``updates`` stacked along a leading device axis (as given if they are)."""
-    return updates if isinstance(updates, dict) else stack(updates)
-
-
-def take(updates: Updates, rows: Sequence[int]) -> Weights:
-    """The devices ``rows`` (at least one) of ``updates``, stacked; views, not a copy,
-    if ``updates`` is stacked and ``rows`` are consecutive."""
-    if not isinstance(updates, dict):
-        return stack([updates[i] for i in rows])
-    first = rows[0]
-    if list(rows) == list(range(first, first + len(rows))):
-        return {k: v[first : first + len(rows)] for k, v in updates.items()}
-    index = torch.tensor(rows, dtype=torch.long)
-    return {k: v[index] for k, v in updates.items()}
 
 
 def weights_bytes(weights: Weights) -> int:

@@ -69,11 +69,11 @@ def _model(name, data, seed=0):
     return make_model(name, data.input_shape, 10, torch.Generator().manual_seed(seed))
 
 
-def _train_both(model_name, digits, sizes, *, epochs, batch_size, lr=0.2):
+def _train_both(model_name, digits, sizes, *, epochs, batch_size, lr=0.2, **remedies):
     model = _model(model_name, digits)
     weights = dict(model.state_dict())
     args = (model, weights, digits.x_train, digits.y_train, _random_devices(sizes))
-    kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size)
+    kwargs = dict(epochs=epochs, lr=lr, batch_size=batch_size, **remedies)
     results = []  # (stacked weights, losses): the reference's, then the vectorized
     for train in (reference.train_each, vectorized.train_devices):
         trained, losses = train(
@@ -95,6 +95,51 @@ def test_each_device_takes_exactly_its_own_steps(digits, model):
         assert vec_w[name].shape == (len(sizes), *initial[name].shape)
         torch.testing.assert_close(vec_w[name], ref_w[name], rtol=0, atol=1e-6)
     torch.testing.assert_close(vec_loss, ref_loss, rtol=1e-6, atol=1e-6)
+
+
+def _corrections(digits, model, num_devices, size=0.05, seed=4):
+    """Random SCAFFOLD corrections c - c_i, one row per device."""
+    g = torch.Generator().manual_seed(seed)
+    weights = _model(model, digits).state_dict()
+    return {
+        k: size * torch.randn(num_devices, *v.shape, generator=g)
+        for k, v in weights.items()
+    }
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("remedy", ["fedprox", "scaffold", "both"])
+def test_engines_agree_with_fedprox_and_scaffold(digits, model, remedy):
+    # Devices finish at different steps (sizes 1 to 30, batches of 8, 3 epochs); the
+    # proximal term and the corrections must follow each device's own steps.
+    sizes = [1, 9, 8, 30, 3]
+    remedies = {}
+    if remedy in ("fedprox", "both"):
+        remedies["mu"] = 0.5
+    if remedy in ("scaffold", "both"):
+        remedies["corrections"] = _corrections(digits, model, len(sizes))
+    initial, (ref_w, ref_loss), (vec_w, vec_loss) = _train_both(
+        model, digits, sizes, epochs=3, batch_size=8, **remedies
+    )
+    _, (plain_w, _), _ = _train_both(model, digits, sizes, epochs=3, batch_size=8)
+    for name in initial:
+        torch.testing.assert_close(vec_w[name], ref_w[name], rtol=0, atol=1e-5)
+    torch.testing.assert_close(vec_loss, ref_loss, rtol=1e-5, atol=1e-5)
+    assert any((ref_w[k] - plain_w[k]).abs().max() > 1e-4 for k in initial)
+
+
+def test_devices_with_remedies_trained_in_chunks_equal_the_reference(
+    digits, monkeypatch
+):
+    sizes = [30, 1, 17, 9, 8, 12, 3]
+    one_model = sum(p.numel() * 4 for p in _model("mlp", digits).parameters())
+    monkeypatch.setattr(vectorized, "_CACHE_BYTES", 2 * one_model)  # chunks of 2
+    remedies = dict(mu=0.3, corrections=_corrections(digits, "mlp", len(sizes)))
+    initial, (reference, _), (chunked, _) = _train_both(
+        "mlp", digits, sizes, epochs=2, batch_size=8, **remedies
+    )
+    for name in initial:
+        torch.testing.assert_close(chunked[name], reference[name], rtol=0, atol=1e-5)
 
 
 def test_devices_trained_in_chunks_equal_devices_trained_together(digits, monkeypatch):
@@ -127,6 +172,45 @@ def test_engines_agree_for_any_sizes_epochs_and_batch_size(
     for name, value in ref_w.items():
         torch.testing.assert_close(vec_w[name], value, rtol=0, atol=1e-5)
     torch.testing.assert_close(vec_loss, ref_loss, rtol=1e-5, atol=1e-5)
+
+
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=6),
+    epochs=st.integers(1, 3),
+    batch_size=st.integers(1, 20),
+    mu=st.sampled_from([0.0, 0.01, 0.5, 2.0]),
+    scaffold=st.booleans(),
+)
+def test_engines_agree_with_remedies_for_any_sizes_epochs_and_batch_size(
+    digits, sizes, epochs, batch_size, mu, scaffold
+):
+    remedies = {"mu": mu}
+    if scaffold:
+        remedies["corrections"] = _corrections(digits, "logreg", len(sizes))
+    _, (ref_w, ref_loss), (vec_w, vec_loss) = _train_both(
+        "logreg", digits, sizes, epochs=epochs, batch_size=batch_size, **remedies
+    )
+    for name, value in ref_w.items():
+        torch.testing.assert_close(vec_w[name], value, rtol=0, atol=1e-5)
+    torch.testing.assert_close(vec_loss, ref_loss, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_vectorized_sgd_with_remedies_equals_reference_sgd(digits, model):
+    net = _model(model, digits)
+    weights = dict(net.state_dict())
+    g = torch.Generator().manual_seed(2)
+    batches = [torch.randint(0, 1000, (n,), generator=g) for n in (32, 32, 5, 1)]
+    correction = {k: v[0] for k, v in _corrections(digits, model, 1).items()}
+    args = (net, weights, digits.x_train, digits.y_train, batches)
+    remedies = dict(lr=0.3, mu=0.4, correction=correction)
+    ref, ref_losses = reference.sgd(*args, **remedies)
+    vec, vec_losses = vectorized.sgd(*args, **remedies)
+    plain, _ = reference.sgd(*args, lr=0.3)
+    for name, value in ref.items():
+        torch.testing.assert_close(vec[name], value, rtol=0, atol=1e-6)
+    torch.testing.assert_close(vec_losses, ref_losses, rtol=1e-6, atol=1e-6)
+    assert any((ref[k] - plain[k]).abs().max() > 1e-4 for k in ref)
 
 
 @pytest.mark.parametrize("model", MODELS)

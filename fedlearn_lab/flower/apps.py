@@ -37,6 +37,7 @@ from ..history import History, RoundRecord
 from ..publish import save_model
 from ..rounds import RoundPlan, finish_round, plan_round, train_device
 from ..state import Setup, make_setup
+from ..weights import stack
 
 OnRound = Callable[[RoundRecord], None]
 #: Run-config keys of the Flower app that are not ``FedConfig`` fields.
@@ -169,18 +170,16 @@ class ServerAdjustFedAvg(FedAvg):
                     f"device {device} sent malformed weights in round "
                     f"{plan.round_idx} ({reason})"
                 )
-        updates = {
-            k: torch.stack([row[k] for row in rows])
+        updates = (
+            stack(rows)
             if rows
-            else v.new_empty(0, *v.shape)
-            for k, v in self.state.weights.items()
-        }
+            else {k: v.new_empty(0, *v.shape) for k, v in self.state.weights.items()}
+        )
         losses = torch.tensor(
             [float(m.content["metrics"]["train-loss"]) for m in ordered]
         )
-        self.state, record = finish_round(
-            self.state, self.setup, plan, updates, losses, started=started
-        )
+        self.state, record = finish_round(self.state, self.setup, plan, updates, losses)
+        record = dataclasses.replace(record, seconds=time.perf_counter() - started)
         self.history.append(record)
         if self.on_round is not None:
             self.on_round(record)
