@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from . import attacks, faults
 from .aggregation import AGGREGATORS, Stacked, screen_updates
@@ -39,8 +40,10 @@ from .config import FedConfig
 from .history import History, RoundRecord
 from .momentum import momentum_step
 from .reference import batch_orders, minibatches, sgd
+from .scaffold import corrections, device_control, server_control, store_controls
 from .seeding import numpy_rng, torch_generator
 from .server import SCHEDULES, ServerUpdate, train_alongside
+from .server_opt import server_opt_step
 from .state import ServerState, Setup
 from .weights import Weights
 
@@ -103,20 +106,24 @@ def plan_round(setup: Setup, round_idx: int) -> RoundPlan:
 
 
 def train_returned(
-    setup: Setup, weights: Weights, plan: RoundPlan
+    setup: Setup, state: ServerState, plan: RoundPlan
 ) -> tuple[Weights, torch.Tensor]:
-    """The devices' side, all at once: every returned device trains from ``weights``
-    and an attacker corrupts its own. Returns the weights stacked in
-    ``plan.returned`` order and each device's mean training loss."""
-    cfg, data = setup.cfg, setup.data
+    """The devices' side, all at once: every returned device trains from the global
+    weights (SCAFFOLD's correction ``c - c_i`` in every step) and an attacker
+    corrupts its own. Returns the weights stacked in ``plan.returned`` order and
+    each device's mean training loss."""
+    cfg, data, weights = setup.cfg, setup.data, state.weights
     if len(plan.returned) == 0:
         return {k: v.new_empty(0, *v.shape) for k, v in weights.items()}, torch.zeros(0)
     flips = cfg.attack == "label_flip" and len(plan.malicious) > 0
     y = _labels(setup, plan.malicious) if flips else data.y_train
     indices = [setup.train_indices[k] for k in plan.returned]
     rng = torch_generator(cfg.seed, "local", plan.round_idx)
+    kwargs = {"generator": rng, **setup.training}
+    if cfg.scaffold:  # each device's correction c - c_i
+        kwargs["corrections"] = corrections(*state.controls, plan.returned)
     trained, losses = setup.engine.train_devices(
-        setup.model, weights, data.x_train, y, indices, generator=rng, **setup.training
+        setup.model, weights, data.x_train, y, indices, **kwargs
     )
     if len(plan.malicious) and cfg.attack != "label_flip":
         trained = _attack_rows(setup, weights, trained, plan)
@@ -124,10 +131,15 @@ def train_returned(
 
 
 def train_device(
-    setup: Setup, weights: Weights, plan: RoundPlan, device_id: int
+    setup: Setup,
+    weights: Weights,
+    plan: RoundPlan,
+    device_id: int,
+    correction: Weights | None = None,
 ) -> tuple[Weights, float]:
     """The devices' side for one returned device alone (a Flower ClientApp): the
-    minibatches :func:`train_returned` gives it, then its attack if it is malicious.
+    minibatches :func:`train_returned` gives it (with FedProx's ``mu`` and
+    SCAFFOLD's ``correction`` c - c_i, if any), then its attack if it is malicious.
     Returns the weights it sends and its mean training loss."""
     cfg, data = setup.cfg, setup.data
     sizes = [setup.train_sizes[k] for k in plan.returned]
@@ -143,7 +155,14 @@ def train_device(
     idx = setup.train_indices[device_id]
     batches = minibatches(orders[row], sizes[row], cfg.batch_size)
     new, losses = sgd(
-        setup.model, weights, data.x_train[idx], y[idx], batches, lr=cfg.local_lr
+        setup.model,
+        weights,
+        data.x_train[idx],
+        y[idx],
+        batches,
+        lr=cfg.local_lr,
+        mu=cfg.proximal_mu,
+        correction=correction,
     )
     if malicious and cfg.attack != "label_flip":
         new = _attack(setup, weights, new, plan, device_id)
@@ -201,23 +220,19 @@ def run_round(state: ServerState, setup: Setup) -> tuple[ServerState, RoundRecor
     """One round from ``state``; returns the next state and the round's record."""
     started = time.perf_counter()
     plan = plan_round(setup, state.round_idx + 1)
-    updates, train_losses = train_returned(setup, state.weights, plan)
-    state, record = finish_round(state, setup, plan, updates, train_losses)
+    updates, losses = train_returned(setup, state, plan)
+    state, record = finish_round(state, setup, plan, updates, losses)
     return state, dataclasses.replace(record, seconds=time.perf_counter() - started)
 
 
 def finish_round(
-    state: ServerState,
-    setup: Setup,
-    plan: RoundPlan,
-    updates: Weights,
-    train_losses: torch.Tensor,
+    state: ServerState, setup: Setup, plan: RoundPlan, updates: Weights, losses: Tensor
 ) -> tuple[ServerState, RoundRecord]:
     """The server's side of a round: screen the returned ``updates`` (stacked in
-    ``plan.returned`` order), aggregate them, adjust on the shared dataset, evaluate,
-    and record (its ``seconds`` are the caller's to set). If no update survives, the
-    aggregation model is the previous global model; the server adjustment still
-    runs."""
+    ``plan.returned`` order, with the devices' mean training ``losses``), aggregate
+    them, adjust on the shared dataset, evaluate, and record (its ``seconds`` are
+    the caller's to set). If no update survives, the aggregation model is the
+    previous global model; the server adjustment still runs."""
     cfg, round_idx, use = setup.cfg, plan.round_idx, setup.use
     reasons = screen_updates(updates, state.weights, max_norm_ratio=cfg.max_norm_ratio)
     kept = [i for i, reason in enumerate(reasons) if reason is None]
@@ -227,11 +242,11 @@ def finish_round(
     stacked, server_flops = Stacked(updates, [sizes[i] for i in kept]), 0
     if use.trains_alongside and len(setup.shared_indices):
         stacked, server_flops = _with_server(state, setup, stacked, round_idx)
-    aggregated, momentum = state.weights, state.momentum
+    aggregated, momentum, moments = state.weights, state.momentum, state.moments
     if stacked.counts:
         aggregated = AGGREGATORS[cfg.aggregator](stacked)
-    if cfg.server_momentum != "none":
-        aggregated, momentum = _momentum(cfg, state.weights, aggregated, momentum)
+    if cfg.server_momentum != "none" or cfg.server_opt != "none":
+        aggregated, momentum, moments = _server_optimizer(state, setup, aggregated)
     update = ServerUpdate(aggregated)
     if use.adjusts:
         schedule = SCHEDULES[cfg.server_schedule]
@@ -251,7 +266,7 @@ def finish_round(
         round=round_idx,
         devices=tuple(int(k) for k in plan.sampled),
         num_samples=sum(sizes[i] for i in kept),
-        train_loss=train_losses[kept].mean().item() if kept else math.nan,
+        train_loss=losses[kept].mean().item() if kept else math.nan,
         aggregate_accuracy=agg_acc,
         aggregate_loss=agg_loss,
         accuracy=acc,
@@ -264,7 +279,8 @@ def finish_round(
         failures=tuple(sorted({**plan.lost, **rejected}.items())),
         kept_previous=not stacked.counts,
     )
-    return ServerState(round_idx, models[-1], momentum), record
+    controls = _controls(state, setup, plan, updates, kept) if cfg.scaffold else None
+    return ServerState(round_idx, models[-1], momentum, moments, controls), record
 
 
 def _with_server(
@@ -274,6 +290,50 @@ def _with_server(
     weights, num_shared, flops = train_alongside(state, setup, round_idx)
     rows = {k: torch.cat([v, weights[k][None]]) for k, v in stacked.weights.items()}
     return Stacked(rows, [*stacked.counts, num_shared]), flops
+
+
+def _server_optimizer(
+    state: ServerState, setup: Setup, aggregated: Weights
+) -> tuple[Weights, Weights | None, tuple[Weights, Weights] | None]:
+    """The server's optimiser on the move to ``aggregated``: FedAvgM's or FedDUM's
+    momentum, or FedAdam, FedYogi or FedAdagrad; returns the new aggregation model,
+    the momentum and the moments."""
+    cfg = setup.cfg
+    if cfg.server_opt == "none":
+        new, momentum = _momentum(cfg, state.weights, aggregated, state.momentum)
+        return new, momentum, state.moments
+    new, moments = server_opt_step(
+        cfg.server_opt,
+        state.weights,
+        aggregated,
+        state.moments,
+        lr=cfg.server_opt_lr,
+        beta1=cfg.server_opt_beta1,
+        beta2=cfg.server_opt_beta2,
+        tau=cfg.server_opt_tau,
+        round_idx=state.round_idx + 1,
+    )
+    return new, state.momentum, moments
+
+
+def _controls(
+    state: ServerState, setup: Setup, plan: RoundPlan, updates: Weights, kept: list
+) -> tuple[Weights, Weights]:
+    """SCAFFOLD's controls after the round (option II): each aggregated device's
+    c_i+ from its weights, then the server's c. The server computes c_i+ from what it
+    has (x, y_i, c, c_i and the device's number of steps K); a real device would
+    compute it and send it with its weights (cost.py counts that upload)."""
+    cfg, (c, c_all), ids = setup.cfg, state.controls, plan.returned[kept]
+    if len(ids) == 0:
+        return c, c_all
+    sizes = torch.tensor([setup.train_sizes[k] for k in ids])
+    steps = (cfg.local_epochs * -(-sizes // cfg.batch_size)).tolist()  # K per device
+    old = {k: v[torch.as_tensor(ids, dtype=torch.long)] for k, v in c_all.items()}
+    new = device_control(
+        old, c, state.weights, updates, num_steps=steps, lr=cfg.local_lr
+    )
+    delta = {k: new[k] - old[k] for k in new}
+    return server_control(c, delta, cfg.num_devices), store_controls(c_all, ids, new)
 
 
 def _momentum(

@@ -34,6 +34,7 @@ from .engines import ENGINES, Engine
 from .feddu import label_distribution, label_divergence
 from .models import make_model
 from .partition import label_counts, partition_devices, shared_split
+from .scaffold import initial_controls
 from .seeding import numpy_rng, torch_generator
 from .weights import Weights, clone, weights_bytes
 
@@ -56,11 +57,17 @@ SHARED_USES: dict[str, SharedUse] = {
 
 @dataclass(frozen=True)
 class ServerState:
-    """What the server carries from round to round (``momentum``: see momentum.py)."""
+    """What the server carries from round to round: the global ``weights``, and
+    the memory of the method, if it has one: FedAvgM's or FedDUM's ``momentum``
+    (momentum.py), FedAdam's, FedYogi's or FedAdagrad's ``moments`` (m, v;
+    server_opt.py), SCAFFOLD's ``controls`` (c, and every device's c_i stacked;
+    scaffold.py)."""
 
     round_idx: int
     weights: Weights
     momentum: Weights | None = None
+    moments: tuple[Weights, Weights] | None = None
+    controls: tuple[Weights, Weights] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,6 +98,7 @@ class Setup:
             "epochs": cfg.local_epochs,
             "lr": cfg.local_lr,
             "batch_size": cfg.batch_size,
+            "mu": cfg.proximal_mu,  # FedProx (0: plain SGD)
         }
 
     @cached_property
@@ -128,7 +136,7 @@ class Setup:
             cfg.server_gflops,
             cfg.device_mbps,
             cfg.server_mbps,
-            model_bytes=self.model_bytes,
+            model_bytes=self.model_bytes * (2 if cfg.scaffold else 1),  # c with w
             flops_per_sample=train_flops(self.macs, cfg.local_epochs),
             server_alongside=self.use.trains_alongside,
             broadcast_bytes=len(self.shared_indices) * sample_bytes if copies else 0,
@@ -183,8 +191,13 @@ class Setup:
         return forward_macs(self.model, self.data.input_shape)
 
     def initial_state(self) -> ServerState:
-        """Round 0: the model's initial weights (a copy), no momentum yet."""
-        return ServerState(0, clone(dict(self.model.state_dict())))
+        """Round 0: the model's initial weights (a copy), no momentum or moments yet,
+        and SCAFFOLD's controls at zero."""
+        weights = clone(dict(self.model.state_dict()))
+        controls = None
+        if self.cfg.scaffold:
+            controls = initial_controls(weights, self.cfg.num_devices)
+        return ServerState(0, weights, controls=controls)
 
 
 def make_setup(cfg: FedConfig, data: Dataset) -> Setup:

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
+from fedlearn_lab import scaffold
 from fedlearn_lab.reference import evaluate
 from fedlearn_lab.rounds import train_device, train_returned
-from fedlearn_lab.state import make_setup
 
 
 def test_one_device_full_batch_step_equals_centralized_sgd(digits):
@@ -162,6 +162,8 @@ def test_history_exports(digits, tmp_path):
         {"malicious_fraction": 0.4, "attack": "label_flip"},
         {"malicious_fraction": 0.4, "attack": "noise"},
         {"shared_use": "data_sharing", "malicious_fraction": 0.4, "attack": "scale"},
+        {"proximal_mu": 0.5},
+        {"scaffold": True},
     ],
 )
 def test_one_device_alone_sends_its_row_of_the_round(digits, changes):
@@ -169,13 +171,21 @@ def test_one_device_alone_sends_its_row_of_the_round(digits, changes):
     cfg = fl.FedConfig(
         num_devices=10, participation=0.6, local_epochs=2, engine="reference", seed=3
     )
-    setup = make_setup(cfg.replace(**changes), digits)
-    weights = setup.initial_state().weights
-    for round_idx in (1, 2, 3):
+    fed = fl.Federation(cfg.replace(**changes), digits)
+    fed.step()  # SCAFFOLD's controls are no longer zero
+    setup, state = fed.setup, fed.state
+    for round_idx in (2, 3):
         plan = fl.plan_round(setup, round_idx)
-        stacked, losses = train_returned(setup, weights, plan)
+        stacked, losses = train_returned(setup, state, plan)
+        rows = None
+        if setup.cfg.scaffold:
+            rows = scaffold.corrections(*state.controls, plan.returned)
+            assert max(v.abs().max().item() for v in rows.values()) > 0
         for row, device in enumerate(plan.returned):
-            sent, loss = train_device(setup, weights, plan, int(device))
+            correction = None if rows is None else {k: v[row] for k, v in rows.items()}
+            sent, loss = train_device(
+                setup, state.weights, plan, int(device), correction
+            )
             for name, value in sent.items():
                 assert torch.equal(value, stacked[name][row])
             assert loss == losses[row].item()

@@ -36,6 +36,7 @@ from ..data import Dataset, load_dataset
 from ..history import History, RoundRecord
 from ..publish import save_model
 from ..rounds import RoundPlan, finish_round, plan_round, train_device
+from ..scaffold import corrections
 from ..state import Setup, make_setup
 from ..weights import stack
 
@@ -92,7 +93,10 @@ def client_app(data: Dataset | None = None) -> ClientApp:
         # The device derives the round's plan from the seed, as the server does:
         # whether it is malicious (then it attacks), and its minibatches.
         plan = plan_round(setup, int(config["round-idx"]))
-        new, loss = train_device(setup, weights, plan, device)
+        correction = None  # SCAFFOLD's c - c_i, sent to this device alone
+        if "correction" in msg.content:
+            correction = dict(msg.content["correction"].to_torch_state_dict())
+        new, loss = train_device(setup, weights, plan, device, correction)
         metrics = {
             "num-examples": len(setup.device_indices[device]),
             "train-loss": loss,
@@ -140,17 +144,34 @@ class ServerAdjustFedAvg(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Send the global weights to the devices of the round's plan that return
-        (a lost device is never asked: its reply would be discarded)."""
+        (a lost device is never asked: its reply would be discarded); under SCAFFOLD
+        each also gets its correction c - c_i."""
         if self.finished:
             return []
         plan = plan_round(self.setup, self.state.round_idx + 1)
         self._round = (plan, time.perf_counter())
         config["round-idx"] = plan.round_idx
-        record = RecordDict(
-            {self.arrayrecord_key: arrays, self.configrecord_key: config}
-        )
+        content = {self.arrayrecord_key: arrays, self.configrecord_key: config}
         nodes = [self.nodes[int(k)] for k in plan.returned]
-        return self._construct_messages(record, nodes, MessageType.TRAIN)
+        if not self.setup.cfg.scaffold:
+            return self._construct_messages(
+                RecordDict(content), nodes, MessageType.TRAIN
+            )
+        rows = corrections(*self.state.controls, plan.returned)
+        return [
+            message
+            for row, node in enumerate(nodes)
+            for message in self._construct_messages(
+                RecordDict(
+                    {
+                        **content,
+                        "correction": ArrayRecord({k: v[row] for k, v in rows.items()}),
+                    }
+                ),
+                [node],
+                MessageType.TRAIN,
+            )
+        ]
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
