@@ -1,5 +1,12 @@
 """Figures from records. Matplotlib only: each function takes ``ax=None`` and returns
-the Figure; nothing here calls ``show()``."""
+the Figure; nothing here calls ``show()``.
+
+One palette for the playground and every lesson: :data:`PALETTE` gives each method of
+:data:`fedlearn_lab.METHODS` its colour (plain FedAvg is always black, the server
+adjustment always vermillion), and :data:`RUN_COLORS` lists the same ten colours in
+the order runs take them. They come from Okabe & Ito's colour-blind safe set plus
+four of Paul Tol's (https://personal.sron.nl/~pault/).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,42 @@ from matplotlib.ticker import MaxNLocator
 
 from .config import FedConfig
 from .history import History
+
+PALETTE: dict[str, str] = {
+    "fedavg": "#000000",  # plain FedAvg: black
+    "fixed": "#D55E00",  # the server adjustment (fixed steps): vermillion
+    "feddu": "#0072B2",  # blue
+    "hybrid": "#009E73",  # bluish green
+    "data_sharing": "#CC79A7",  # reddish purple
+    "fedprox": "#E69F00",  # orange
+    "scaffold": "#56B4E9",  # sky blue
+    "fedadam": "#882255",  # wine
+    "fedyogi": "#332288",  # indigo
+    "fedadagrad": "#661100",  # brown
+}
+# Distinct colours in the order runs take them: plain FedAvg and the server adjustment
+# first, so a lesson that plots "FedAvg" then "adjusted" gets their colours.
+RUN_COLORS: list[str] = list(dict.fromkeys(PALETTE.values()))
+# Runs named in plain words; a fixed-steps run is named by its steps.
+METHOD_NAMES: dict[str, str] = {
+    "fedavg": "plain FedAvg",
+    "fixed": "server steps",
+    "feddu": "FedDU",
+    "hybrid": "Hybrid-FL",
+    "data_sharing": "data sharing",
+    "fedprox": "FedProx",
+    "scaffold": "SCAFFOLD",
+    "fedadam": "FedAdam",
+    "fedyogi": "FedYogi",
+    "fedadagrad": "FedAdagrad",
+}
+
+
+def method_color(name: str) -> str:
+    """The palette colour of a :data:`fedlearn_lab.METHODS` name."""
+    if name not in PALETTE:
+        raise ValueError(f"name must be one of {', '.join(PALETTE)}, got {name!r}")
+    return PALETTE[name]
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
