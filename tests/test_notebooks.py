@@ -63,9 +63,64 @@ def test_notebook_is_seeded_single_threaded_and_shows_a_figure(path):
 def test_notebook_carries_no_per_run_metadata(path):
     nb = nbformat.read(path, as_version=4)
     assert set(nb.metadata) <= {"kernelspec", "language_info"}
-    assert all(set(c.metadata) <= {"tags"} for c in nb.cells)
+    assert all(set(c.metadata) <= {"tags", "jupyter"} for c in nb.cells)
 
 
 def test_make_test_runs_the_notebooks_with_nbval():
     makefile = (ROOT / "Makefile").read_text()
     assert "pytest tests notebooks --nbval-lax --nbval-current-env" in makefile
+
+
+# --- lessons a lecturer can teach from (all but the playground) --------------------
+
+TEACHING = [name for name in LESSONS if name != "04_playground"] + [
+    "07_remedies_compared"
+]
+
+
+def _cells(name: str) -> list:
+    return nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4).cells
+
+
+def _tagged(cells: list, tag: str) -> list:
+    return [c for c in cells if tag in c.metadata.get("tags", [])]
+
+
+def _markdown(cells: list) -> str:
+    return "\n".join(c.source for c in cells if c.cell_type == "markdown")
+
+
+@pytest.mark.parametrize("name", TEACHING)
+def test_lesson_states_goals_maths_discussion_and_what_to_remember(name):
+    text = _markdown(_cells(name))
+    headings = [h.strip().lower() for h in re.findall(r"^#+ (.+)$", text, re.M)]
+    assert "learning goals" in headings
+    assert any(h.startswith("discussion") for h in headings)
+    assert any(h.startswith("what to remember") for h in headings)
+    assert re.search(r"\$\$.+?\$\$|\$[^$\n]+\$", text, re.S), "no LaTeX maths"
+    discussion = text.lower().split("discussion", 1)[1]
+    assert len(re.findall(r"^\s*(?:\d+\.|[-*]) ", discussion, re.M)) >= 3
+
+
+@pytest.mark.parametrize("name", TEACHING)
+def test_lesson_has_at_least_700_words_of_prose(name):
+    prose = re.sub(
+        r"\$\$.+?\$\$|\$[^$\n]+\$|`[^`]*`", " ", _markdown(_cells(name)), flags=re.S
+    )
+    words = re.findall(r"[A-Za-z][A-Za-z'-]*", prose)
+    assert len(words) >= 700, f"{len(words)} words"
+
+
+@pytest.mark.parametrize("name", TEACHING)
+def test_exercises_come_with_hidden_solutions_that_assert_their_claim(name):
+    cells = _cells(name)
+    exercises, solutions = _tagged(cells, "exercise"), _tagged(cells, "solution")
+    assert len(exercises) >= 2 and len(solutions) >= len(exercises)
+    for cell in solutions:
+        hidden = cell.metadata.get("jupyter", {})
+        assert hidden.get("source_hidden") and hidden.get("outputs_hidden")
+    code = [c for c in solutions if c.cell_type == "code"]
+    assert len(code) >= 2
+    for cell in code:
+        lines = [ln for ln in cell.source.strip().splitlines() if ln.strip()]
+        assert lines[-1].lstrip().startswith("assert "), cell.source
