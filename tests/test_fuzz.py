@@ -30,6 +30,12 @@ ANY_VALUE = st.one_of(
     st.lists(st.integers(-2, 12), max_size=4),
     st.tuples(st.integers(0, 9)),
     st.just(()),
+    # numpy scalars, as sweeps over np.arange / np.linspace hand them over
+    st.integers(-(2**63), 2**63 - 1).map(np.int64),
+    st.integers(0, 255).map(np.uint8),
+    st.floats(width=32).map(np.float32),
+    st.floats().map(np.float64),
+    st.sampled_from([np.float32(0.25), np.int64(10), np.bool_(True), np.str_("iid")]),
 )
 
 
@@ -63,6 +69,8 @@ def test_fedconfig_constructs_or_raises_value_error_naming_a_field(kwargs):
         event("built")
         assert fl.FedConfig.from_dict(cfg.to_dict()) == cfg
         hash(cfg)  # frozen scalar config: usable as a cache key
+        for name in FIELDS:  # numpy scalars were stored as Python ones
+            assert not isinstance(getattr(cfg, name), np.generic), name
 
 
 @pytest.mark.parametrize(
