@@ -23,7 +23,7 @@ from . import attacks, faults, local
 from .aggregation import AGGREGATORS, Stacked
 from .config import FedConfig
 from .cost import forward_macs
-from .data import Dataset, load_digits
+from .data import Dataset, check_dataset, load_digits
 from .engines import ENGINES
 from .feddu import js_divergence, label_distribution
 from .history import History, RoundRecord
@@ -377,6 +377,7 @@ class Federation:
             raise TypeError(f"cfg must be a FedConfig, got {type(self.cfg).__name__}")
         if self.data is None:
             self.data = load_digits()
+        check_dataset(self.data, name="data")
         self.setup = make_setup(self.cfg, self.data)
         self.state = ServerState(0, clone(dict(self.setup.model.state_dict())))
         self.history = History()
