@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -128,3 +129,33 @@ def test_dict_round_trip_and_differences():
     assert cfg.replace(skew=0.1).differences(cfg) == {"skew": 0.1}
     with pytest.raises(ValueError, match="no field"):
         fl.FedConfig.from_dict({"participaton": 0.3})
+
+
+QUICK_RUN = {"num_devices": 10, "participation": 0.5, "rounds": 2, "local_epochs": 1}
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "reference"])
+@pytest.mark.parametrize("rate", [1e38, FLOAT32_MAX])
+def test_the_largest_allowed_server_lr_diverges_cleanly_in_both_engines(
+    digits, engine, rate
+):
+    cfg = fl.FedConfig(server_lr=rate, engine=engine, **QUICK_RUN)
+    with pytest.raises(fl.DivergedError, match=re.escape(f"server_lr, now {rate:g}")):
+        fl.run(cfg, digits)
+
+
+@pytest.mark.parametrize("engine", ["vectorized", "reference"])
+@pytest.mark.parametrize("rate", [1e30, FLOAT32_MAX])
+def test_the_largest_allowed_local_lr_never_gives_a_raw_error(digits, engine, rate):
+    # Every update is then NaN/Inf: the round either raises DivergedError naming
+    # local_lr, or (once such rounds keep the previous model) records the rejections.
+    cfg = fl.FedConfig(local_lr=rate, engine=engine, **QUICK_RUN)
+    try:
+        history = fl.run(cfg, digits).history
+    except fl.DivergedError as err:
+        assert f"local_lr (now {rate:g})" in str(
+            err
+        ) or f"local_lr, now {rate:g}" in str(err)
+        return
+    assert all(r.kept_previous for r in history)
+    assert all(why == "non-finite" for r in history for _, why in r.failures)
