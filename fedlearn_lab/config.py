@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 PARTITIONS = ("iid", "dirichlet", "shards", "natural")
 MODELS = ("logreg", "mlp", "cnn")
 ATTACKS = ("sign_flip", "scale", "label_flip", "noise")
@@ -17,6 +19,29 @@ FEDDU_MODES = ("steps", "interpolate")
 SERVER_MOMENTUMS = ("none", "feddum", "fedavgm")
 SERVER_OPTS = ("none", "adam", "yogi", "adagrad")
 ENGINES = ("vectorized", "reference")
+
+#: float32's largest finite value (3.4028234663852886e38). A learning rate above it
+#: cannot reach the float32 weights (torch refuses to convert it), so it is refused.
+FLOAT32_MAX = (2 - 2**-23) * 2**127
+#: The most that sizes may ask for. Each keeps its own memory well inside a 24 GiB
+#: machine with the other fields at their defaults: ``num_devices`` (partitions, and
+#: one stacked model per sampled device), ``local_epochs`` (one shuffle per device and
+#: epoch, 12 bytes per sample: 0.7 GB for 60,000 samples), ``hidden`` (an MLP of 784
+#: inputs is 13 MB per model), the batch sizes (padding is allocated per batch slot:
+#: a batch larger than a device is its whole data anyway) and ``rounds`` (a record
+#: per round).
+LIMITS = {
+    "num_devices": 10_000,
+    "local_epochs": 1_000,
+    "batch_size": 100_000,
+    "server_steps": 100_000,
+    "server_batch_size": 100_000,
+    "rounds": 100_000,
+    "hidden": 4_096,
+}
+#: The largest ``quantity_skew``: log-normal weights of sigma 10 stay far from float
+#: overflow (about 1e26 at six sigmas); sigma 400 overflowed into empty devices.
+MAX_QUANTITY_SKEW = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +71,12 @@ class FedConfig:
     robust ``aggregator`` (the control variates assume the mean). Changing
     ``server_opt_*`` while ``server_opt="none"`` is allowed: those settings are
     inactive, as ``momentum_beta`` is without momentum.
+
+    Every device gets at least ``min_device_size`` samples: Dirichlet draws are
+    repeated until they give that (see :func:`fedlearn_lab.partition.dirichlet`),
+    and other splits that cannot are refused. Sizes are capped by :data:`LIMITS` and
+    the learning rates by :data:`FLOAT32_MAX`. numpy integer and float scalars are
+    accepted and stored as Python ``int`` and ``float``.
     """
 
     num_devices: int = 50
@@ -53,6 +84,7 @@ class FedConfig:
     partition: str = "dirichlet"
     skew: float = 0.5
     quantity_skew: float = 0.0
+    min_device_size: int = 2
     local_epochs: int = 5
     local_lr: float = 0.1
     batch_size: int = 16
@@ -108,9 +140,14 @@ class FedConfig:
     engine: str = "vectorized"
 
     def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            # numpy scalars (sweeps over np.arange) become Python ones: JSON-able, and
+            # equal configs hash equal.
+            object.__setattr__(self, f.name, _plain(getattr(self, f.name)))
         if isinstance(self.shared_classes, list | tuple):
             # Lists arrive from JSON and the CLI; a tuple keeps the config hashable.
-            object.__setattr__(self, "shared_classes", tuple(self.shared_classes))
+            classes = tuple(_plain(c) for c in self.shared_classes)
+            object.__setattr__(self, "shared_classes", classes)
         for check in _CHECKS:
             check(self)
 
@@ -142,15 +179,37 @@ class FedConfig:
         }
 
 
+def _plain(value: Any) -> Any:
+    """A numpy integer, float or string scalar as the Python one; others unchanged."""
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.str_):
+        return str(value)
+    return value
+
+
 def _fail(name: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
 def _int_at_least(name: str, low: int):
+    high = LIMITS.get(name)
+    allowed = (
+        f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+    )
+
     def check(cfg: FedConfig) -> None:
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            _fail(name, value, f"an integer >= {low}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            big = high is not None and _real(value) and value > high
+            _fail(name, value, allowed + (" (config.LIMITS: memory)" if big else ""))
 
     return check
 
@@ -195,6 +254,20 @@ def _non_negative(name: str):
     return check
 
 
+def _learning_rate(name: str):
+    def check(cfg: FedConfig) -> None:
+        value = getattr(cfg, name)
+        if not (_real(value) and 0 < value <= FLOAT32_MAX):
+            _fail(
+                name,
+                value,
+                f"a number in (0, {FLOAT32_MAX!r}] (float32's largest value: the "
+                "weights are float32)",
+            )
+
+    return check
+
+
 def _choice(name: str, choices: tuple[str, ...]):
     def check(cfg: FedConfig) -> None:
         value = getattr(cfg, name)
@@ -221,12 +294,16 @@ def _check_skew(cfg: FedConfig) -> None:
     if not (_real(cfg.skew) and cfg.skew > 0):
         _fail("skew", cfg.skew, "a number > 0")
     if cfg.partition == "shards" and cfg.skew != int(cfg.skew):
-        _fail("skew", cfg.skew, "a whole number of classes per device >= 1 for shards")
+        _fail("skew", cfg.skew, "a whole number of shards per device >= 1 for shards")
 
 
 def _check_quantity_skew(cfg: FedConfig) -> None:
-    if not (_real(cfg.quantity_skew) and cfg.quantity_skew >= 0):
-        _fail("quantity_skew", cfg.quantity_skew, "a number >= 0 (0 = off)")
+    if not (_real(cfg.quantity_skew) and 0 <= cfg.quantity_skew <= MAX_QUANTITY_SKEW):
+        _fail(
+            "quantity_skew",
+            cfg.quantity_skew,
+            f"a number in [0, {MAX_QUANTITY_SKEW:g}] (0 = off)",
+        )
     if cfg.quantity_skew > 0 and cfg.partition in ("shards", "natural"):
         _fail(
             "quantity_skew",
@@ -319,13 +396,14 @@ _CHECKS = (
     _choice("partition", PARTITIONS),
     _check_skew,
     _check_quantity_skew,
+    _int_at_least("min_device_size", 1),
     _int_at_least("local_epochs", 1),
-    _positive("local_lr"),
+    _learning_rate("local_lr"),
     _int_at_least("batch_size", 1),
     _in_range("shared_fraction", 0, 1, low_open=False, high_open=True),
     _check_shared_classes,
     _int_at_least("server_steps", 0),
-    _positive("server_lr"),
+    _learning_rate("server_lr"),
     _int_at_least("server_batch_size", 1),
     _choice("shared_use", SHARED_USES),
     _choice("server_schedule", SERVER_SCHEDULES),

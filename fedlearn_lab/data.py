@@ -52,6 +52,59 @@ class Dataset:
         )
 
 
+def check_dataset(data: Any, *, name: str = "data") -> Dataset:
+    """Return ``data`` if it is a well-formed :class:`Dataset`.
+
+    A wrong type is a ``TypeError`` naming the argument ``name``; tensors of the
+    wrong dtype or shape, lengths that disagree, labels outside
+    ``0..num_classes-1`` or non-finite features are a ``ValueError``.
+    """
+    if not isinstance(data, Dataset):
+        raise TypeError(
+            f"{name} must be a fedlearn_lab Dataset (fl.load_digits(), fl.synthetic(), "
+            f"fl.from_arrays(X, y)), got {type(data).__name__}"
+        )
+    if isinstance(data.num_classes, bool) or not isinstance(data.num_classes, int):
+        raise ValueError(f"{name}.num_classes must be an int, got {data.num_classes!r}")
+    for part in ("train", "test"):
+        _check_split(data, part, name)
+    features = data.x_train.shape[1]
+    if data.x_test.shape[1] != features or math.prod(data.input_shape) != features:
+        raise ValueError(
+            f"{name} has {features} features per training row, {data.x_test.shape[1]} "
+            f"per test row and input_shape {data.input_shape}: they must agree"
+        )
+    natural = data.natural_partition
+    if natural is not None:
+        joined = np.concatenate([np.asarray(p) for p in natural]) if natural else []
+        if len(joined) and (min(joined) < 0 or max(joined) >= len(data.y_train)):
+            raise ValueError(
+                f"{name}.natural_partition indexes outside the "
+                f"{len(data.y_train)} training samples"
+            )
+    return data
+
+
+def _check_split(data: Dataset, part: str, name: str) -> None:
+    x, y = getattr(data, f"x_{part}"), getattr(data, f"y_{part}")
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.ndim != 2:
+        raise ValueError(f"{name}.x_{part} must be a 2-D float32 tensor")
+    if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.ndim != 1:
+        raise ValueError(f"{name}.y_{part} must be a 1-D int64 tensor")
+    if len(x) != len(y) or len(y) == 0:
+        raise ValueError(
+            f"{name}.x_{part} and {name}.y_{part} must hold the same number (> 0) of "
+            f"samples, got {len(x)} and {len(y)}"
+        )
+    if y.min() < 0 or y.max() >= data.num_classes:
+        raise ValueError(
+            f"{name}.y_{part} must hold labels in [0, {data.num_classes - 1}], got "
+            f"labels from {int(y.min())} to {int(y.max())}"
+        )
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}.x_{part} holds NaN or Inf values")
+
+
 def load_digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes)."""
     bunch = sk_datasets.load_digits()

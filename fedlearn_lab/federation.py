@@ -17,7 +17,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import FedConfig
-from .data import Dataset, load_digits
+from .data import Dataset, check_dataset, load_digits
 from .history import History, RoundRecord
 from .reference import per_device_accuracy
 from .rounds import DivergedError, run_round
@@ -48,6 +48,7 @@ class Federation:
             raise TypeError(f"cfg must be a FedConfig, got {type(self.cfg).__name__}")
         if self.data is None:
             self.data = load_digits()
+        check_dataset(self.data, name="data")
         self.setup = make_setup(self.cfg, self.data)
         self.state = self.setup.initial_state()
         self.history = History()

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import fedlearn_lab as fl
+from fedlearn_lab.data import check_dataset
 
 
 def test_digits_ship_offline_with_a_stratified_split(digits):
@@ -86,3 +87,45 @@ def test_load_dataset_by_name():
     for bad in ("mnist", "synthetic:0.5", "synthetic:a,b"):
         with pytest.raises(ValueError, match="dataset must be 'digits' or"):
             fl.load_dataset(bad)
+
+
+@pytest.mark.parametrize("bad", [{"x_train": 1}, "digits", [1, 2], 3])
+def test_a_wrong_data_type_is_a_type_error_naming_the_argument(digits, bad):
+    cfg = fl.FedConfig(num_devices=5, rounds=1)
+    with pytest.raises(TypeError, match=r"^data must be a fedlearn_lab Dataset"):
+        fl.Federation(cfg, data=bad)
+    with pytest.raises(TypeError, match=r"^data must be a fedlearn_lab Dataset"):
+        fl.run(cfg, bad)
+    with pytest.raises(TypeError, match=r"^train must be a fedlearn_lab Dataset"):
+        check_dataset(bad, name="train")
+
+
+def _edited(digits, **changes):
+    fields = {
+        name: getattr(digits, name)
+        for name in ("x_train", "y_train", "x_test", "y_test", "num_classes", "name")
+    }
+    return fl.Dataset(**{**fields, "input_shape": digits.input_shape, **changes})
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda d: {"x_train": d.x_train[:-5]}, "same number"),
+        (lambda d: {"y_train": d.y_train.clone().index_fill_(0, torch.tensor([0]), 10)},
+         r"labels in \[0, 9\], got labels from 0 to 10"),
+        (lambda d: {"y_test": d.y_test - 1}, r"y_test must hold labels in \[0, 9\]"),
+        (lambda d: {"x_test": d.x_test.double()}, "x_test must be a 2-D float32"),
+        (lambda d: {"y_train": d.y_train.int()}, "y_train must be a 1-D int64"),
+        (lambda d: {"x_train": d.x_train.clone().fill_(float("nan"))}, "NaN or Inf"),
+        (lambda d: {"x_test": d.x_test[:, :10]}, "must agree"),
+        (lambda d: {"num_classes": "10"}, "num_classes must be an int"),
+    ],
+)  # fmt: skip
+def test_a_malformed_dataset_is_a_value_error_naming_the_part(digits, change, match):
+    bad = _edited(digits, **change(digits))
+    with pytest.raises(ValueError, match=match):
+        check_dataset(bad)
+    with pytest.raises(ValueError, match=match):
+        fl.Federation(fl.FedConfig(num_devices=5, rounds=1), bad)
+    assert check_dataset(digits) is digits

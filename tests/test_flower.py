@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -280,3 +281,63 @@ def test_real_processes_run_three_rounds_and_leave_no_process(tmp_path, digits):
     model, _ = fl.load_model(tmp_path / "model")
     torch.testing.assert_close(dict(model.state_dict()), fed.state.weights)
     print(f"\nreal processes: {seconds:.1f} s for {cfg.rounds} rounds")
+
+
+# --- no Flower process outlives run_processes, however it ends ---------------------
+
+_RUN_IN_A_CHILD = """
+import signal, sys
+import fedlearn_lab as fl
+from fedlearn_lab.flower import run_processes
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started ignored
+cfg = fl.FedConfig(num_devices=2, participation=1.0, rounds=100, local_epochs=1)
+run_processes(cfg, workdir=sys.argv[1], timeout=float(sys.argv[2]))
+"""
+
+
+@flower
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("ending", ["SIGTERM", "SIGINT", "SIGKILL", "raises"])
+def test_no_flower_process_outlives_run_processes(tmp_path, ending):
+    from fedlearn_lab.flower.processes import marked_processes
+
+    work = (tmp_path / "run").resolve()
+    timeout = 20 if ending == "raises" else 240  # "raises": TimeoutError mid-run
+    child = subprocess.Popen(
+        [sys.executable, "-c", _RUN_IN_A_CHILD, str(work), str(timeout)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # signals for the child never reach pytest
+    )
+    try:
+        # SuperNodes are started once the SuperLink answers its health check.
+        deadline = time.monotonic() + 120
+        while not (work / "supernode1.log").exists() or not marked_processes(str(work)):
+            assert child.poll() is None, child.communicate()
+            assert time.monotonic() < deadline, "the SuperLink did not come up"
+            time.sleep(0.1)
+        started = marked_processes(str(work))
+        if ending != "raises":
+            child.send_signal(getattr(signal, ending))
+        _, stderr = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    expected = {
+        "SIGTERM": -signal.SIGTERM,  # the signal's own effect, after the cleanup
+        "SIGINT": -signal.SIGINT,  # KeyboardInterrupt, uncaught
+        "SIGKILL": -signal.SIGKILL,  # no cleanup in the child: the reaper's job
+        "raises": 1,
+    }[ending]
+    assert child.returncode == expected, stderr
+    if ending == "SIGINT":
+        assert "KeyboardInterrupt" in stderr and "_Signalled" not in stderr
+    if ending == "raises":
+        assert "TimeoutError" in stderr
+    deadline = time.monotonic() + 60  # the reaper's SIGTERM grace is 10 s
+    while (left := marked_processes(str(work))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(started) >= 3  # SuperLink and two SuperNodes, at least
+    assert left == set(), _processes_mentioning(str(work))

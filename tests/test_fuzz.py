@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +32,12 @@ ANY_VALUE = st.one_of(
     st.lists(st.integers(-2, 12), max_size=4),
     st.tuples(st.integers(0, 9)),
     st.just(()),
+    # numpy scalars, as sweeps over np.arange / np.linspace hand them over
+    st.integers(-(2**63), 2**63 - 1).map(np.int64),
+    st.integers(0, 255).map(np.uint8),
+    st.floats(width=32).map(np.float32),
+    st.floats().map(np.float64),
+    st.sampled_from([np.float32(0.25), np.int64(10), np.bool_(True), np.str_("iid")]),
 )
 
 
@@ -63,6 +71,8 @@ def test_fedconfig_constructs_or_raises_value_error_naming_a_field(kwargs):
         event("built")
         assert fl.FedConfig.from_dict(cfg.to_dict()) == cfg
         hash(cfg)  # frozen scalar config: usable as a cache key
+        for name in FIELDS:  # numpy scalars were stored as Python ones
+            assert not isinstance(getattr(cfg, name), np.generic), name
 
 
 @pytest.mark.parametrize(
@@ -206,3 +216,81 @@ def test_validate_update_gives_a_reason_for_any_malformed_update(updates, ratio)
     accepted = [u for u, r in zip(updates, reasons, strict=True) if r is None]
     if accepted:
         fl.fedavg([(u, 1) for u in accepted])  # what passes can be aggregated
+
+
+# ---- damaged files: every loader answers with a ValueError naming the file --------
+
+
+@pytest.fixture(scope="module")
+def saved_files(tmp_path_factory):
+    """The bytes of a saved model folder and of a checkpoint after one round."""
+    cfg = fl.FedConfig(num_devices=5, participation=1.0, rounds=2, local_epochs=1)
+    fed = fl.Federation(cfg)
+    fed.step()
+    root = tmp_path_factory.mktemp("saved")
+    fl.save_model(fed.publish(), root / "model", cfg)
+    return {
+        "model.pt": (root / "model" / "model.pt").read_bytes(),
+        "config.json": (root / "model" / "config.json").read_bytes(),
+        "run.ckpt": fed.save(root / "run.ckpt").read_bytes(),
+    }
+
+
+def _damage(raw: bytes, data) -> bytes:
+    """Flip, cut or overwrite bytes somewhere in ``raw``."""
+    how = data.draw(st.sampled_from(["flip", "cut", "overwrite"]))
+    at = data.draw(st.integers(0, len(raw) - 1))
+    if how == "cut":
+        return raw[:at]
+    if how == "flip":
+        return (
+            raw[:at] + bytes([raw[at] ^ data.draw(st.integers(1, 255))]) + raw[at + 1 :]
+        )
+    patch = data.draw(st.binary(min_size=1, max_size=16))
+    return raw[:at] + patch + raw[at + len(patch) :]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data(), name=st.sampled_from(["model.pt", "config.json"]))
+def test_a_damaged_model_folder_loads_or_is_a_value_error(
+    tmp_path, saved_files, data, name
+):
+    folder = Path(tempfile.mkdtemp(dir=tmp_path))  # one per example
+    for file_name in ("model.pt", "config.json"):
+        raw = saved_files[file_name]
+        (folder / file_name).write_bytes(
+            _damage(raw, data) if file_name == name else raw
+        )
+    try:
+        model, _ = fl.load_model(folder)
+    except ValueError as err:
+        event("refused")
+        assert str(folder) in str(err)
+        return
+    event("loaded")  # a change that left it valid (e.g. in JSON whitespace)
+    assert all(bool(torch.isfinite(v).all()) for v in model.state_dict().values())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(data=st.data())
+def test_a_damaged_checkpoint_loads_or_is_a_value_error(tmp_path, saved_files, data):
+    path = Path(tempfile.mkdtemp(dir=tmp_path)) / "run.ckpt"
+    path.write_bytes(_damage(saved_files["run.ckpt"], data))
+    try:
+        fed = fl.Federation.load(path)
+    except ValueError as err:
+        event("refused")
+        assert str(path) in str(err)
+        return
+    event("loaded")
+    fed.step()  # whatever loads, runs

@@ -13,6 +13,14 @@ needs a port of its own):
 with a connection ``lab`` in ``$FLWR_HOME/config.toml`` (``[superlink.lab]``,
 ``address = "127.0.0.1:P"``, ``insecure = true``). Flower's default connection
 (``local``) would start a SuperLink of its own that outlives the run.
+
+No process of a run outlives :func:`run_processes`. Every process it starts, and
+every process those start (Flower's SuperExec and apps run in sessions of their own,
+so a process group cannot hold them), carries a marker in its environment. They are
+stopped when the run returns or raises; SIGINT and SIGTERM raise inside the run, so
+the same cleanup runs before the signal takes its usual effect; and a reaper process
+(:mod:`fedlearn_lab.flower._reaper`) stops them if the process running the run dies
+without cleaning up (SIGKILL, a crash).
 """
 
 from __future__ import annotations
@@ -27,22 +35,36 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..config import FedConfig
 from ..data import load_dataset
 from ..history import History
 from ..state import make_setup
+from . import _reaper
+from ._reaper import alive as _alive
+from ._reaper import descendants as _descendants
 from .apps import load_history
 
 #: The example app folder of a source checkout.
 APP_DIR = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
 _MARKER = "FEDLEARN_FLOWER_RUN"  # set in every process a run starts, to find them all
 _BIN = Path(sys.executable).parent  # Flower's commands, installed beside this Python
-# A process that ended, or whose /proc entry vanished or is not ours, meanwhile.
-_GONE = (ProcessLookupError, FileNotFoundError, PermissionError, ValueError, IndexError)
+_REAPER_WAIT = 30.0  # seconds the reaper may take to exit once the run has stopped
+_STOPPING = (signal.SIGINT, signal.SIGTERM)  # signals that stop a run, cleanly
+
+
+class _Signalled(BaseException):
+    """SIGINT or SIGTERM arrived during a run (BaseException: nothing catches it on
+    the way out, so the cleanup runs)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def run_processes(
@@ -80,12 +102,64 @@ def run_processes(
     ).resolve()
     work.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
-    with _Processes(work) as procs:
+    with _signals_stop_the_run(), _Processes(work) as procs:
         link = _start_federation(procs, cfg.num_devices, deadline)
         history = _flwr_run(procs, cfg, dataset, app_dir, link, deadline, model_out)
     if own_dir:
         shutil.rmtree(work, ignore_errors=True)
     return history
+
+
+@contextlib.contextmanager
+def _signals_stop_the_run() -> Iterator[None]:
+    """Turn the first SIGINT or SIGTERM into an exception, so that the run's
+    processes are stopped; then deliver the signal to its previous handler (SIGTERM's
+    default ends the process, SIGINT's raises ``KeyboardInterrupt``). Signals can only
+    be handled in the main thread; elsewhere the reaper is the safety net."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def handle(signum: int, frame: object) -> None:
+        if not caught:  # later ones would interrupt the cleanup itself
+            caught.append(signum)
+            raise _Signalled(signum)
+
+    previous = {s: signal.getsignal(s) for s in _STOPPING}
+    # An ignored signal stays ignored; None: a handler set outside Python, kept.
+    previous = {s: h for s, h in previous.items() if h not in (signal.SIG_IGN, None)}
+    for s in previous:
+        signal.signal(s, handle)
+    try:
+        yield
+    except _Signalled as err:
+        caught[0] = err.signum  # the run's processes are stopped by now
+    finally:
+        _restore(previous)
+    if caught:
+        try:
+            signal.raise_signal(caught[0])
+        except BaseException as err:  # KeyboardInterrupt: without our exception
+            raise err from None
+        name = signal.Signals(caught[0]).name
+        raise RuntimeError(f"run_processes was stopped by {name}")
+
+
+def _restore(handlers: dict[int, object]) -> None:
+    for s, handler in handlers.items():
+        signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM back (they wait, pending) so that they cannot cut a
+    cleanup short; they are delivered when it is done."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _start_federation(procs: _Processes, num_devices: int, deadline: float) -> int:
@@ -183,11 +257,14 @@ def _flwr_run(
 
 class _Processes:
     """Starts processes with their logs in ``work``; on exit, stops every process
-    they started (Flower's SuperExec runs in its own session); checks none is left."""
+    they started (Flower's SuperExec runs in its own session); checks none is left.
+    A reaper process stops them too if this process dies first."""
 
     def __init__(self, work: Path) -> None:
         self.work = work
         self.popens: list[subprocess.Popen] = []
+        self.marker = f"{_MARKER}={work}"
+        self.reaper: subprocess.Popen | None = None
         package_root = str(Path(__file__).resolve().parents[2])  # this fedlearn_lab
         path = os.environ.get("PYTHONPATH")
         self.env = {
@@ -197,15 +274,25 @@ class _Processes:
             "PYTHONUNBUFFERED": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            _MARKER: str(work),
+            _MARKER: str(work),  # self.marker
         }
         self.env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
     def __enter__(self) -> _Processes:
+        # Its stdin closes when this process closes it or dies; in a session of its
+        # own, a Ctrl-C to this terminal's foreground group does not reach it.
+        self.reaper = subprocess.Popen(
+            [sys.executable, "-I", _reaper.__file__, self.marker],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stop()
+        with _signals_held():
+            self.stop()
 
     def start(self, name: str, program: str, *args: str) -> None:
         """Start ``program`` with ``FLWR_HOME`` ``work/name`` and log ``name.log``."""
@@ -237,69 +324,42 @@ class _Processes:
         raise TimeoutError(f"{name} did not answer at {url}; logs in {self.work}")
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM every started process and its descendants, SIGKILL what remains."""
-        pids = {p.pid for p in self.popens} | _descendants([p.pid for p in self.popens])
-        pids |= marked_processes(str(self.work))
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            for pid in pids:
-                with contextlib.suppress(*_GONE):
-                    os.kill(pid, sig)
-            end = time.monotonic() + wait
-            while time.monotonic() < end and any(_alive(pid) for pid in pids):
-                time.sleep(0.1)
+        """SIGTERM every started process and its descendants, SIGKILL what remains;
+        then let the reaper go."""
+        roots = [p.pid for p in self.popens]
+        started = set(roots) | _descendants(roots)
+
+        def find() -> set[int]:
             for p in self.popens:
-                if p.poll() is None:
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        p.wait(timeout=0.1)
-            pids = {pid for pid in pids if _alive(pid)} | marked_processes(
-                str(self.work)
+                p.poll()  # collect the exit status of those that ended
+            return {pid for pid in started if _alive(pid)} | _reaper.marked_processes(
+                self.marker
             )
-            if not pids:
-                return
-        raise RuntimeError(
-            f"processes {sorted(pids)} of the Flower run survived SIGKILL"
-        )
+
+        left = _reaper.terminate(find, grace)
+        self._release_reaper()
+        if left:
+            raise RuntimeError(
+                f"processes {sorted(left)} of the Flower run survived SIGKILL"
+            )
+
+    def _release_reaper(self) -> None:
+        """Close the reaper's stdin: it finds nothing left to stop, and exits."""
+        if self.reaper is None:
+            return
+        with contextlib.suppress(OSError):
+            self.reaper.stdin.close()
+        try:
+            self.reaper.wait(timeout=_REAPER_WAIT)
+        except subprocess.TimeoutExpired:
+            self.reaper.kill()
+            self.reaper.wait(timeout=_REAPER_WAIT)
 
 
 def marked_processes(work: str) -> set[int]:
     """Live processes started for the run whose folder is ``work`` (found by their
     environment)."""
-    needle = f"{_MARKER}={work}\0".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(*_GONE):
-                if needle in Path(f"/proc/{entry}/environ").read_bytes() and _alive(
-                    int(entry)
-                ):
-                    found.add(int(entry))
-    return found
-
-
-def _descendants(roots: list[int]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(*_GONE):
-                ppid = int(
-                    Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]
-                )
-                children.setdefault(ppid, []).append(int(entry))
-    found, todo = set(), list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+    return _reaper.marked_processes(f"{_MARKER}={work}")
 
 
 def _free_ports(count: int) -> list[int]:
