@@ -160,7 +160,10 @@ def _run(cfg: FedConfig, args: argparse.Namespace, staging: Path, stop: _Stop) -
     diverged = _train(fed, staging, stop, quiet=args.quiet)
     stop.abortable = False  # from here a signal changes nothing: the run is written
     if stop.signum is not None and not fed.history:
-        print("fedlearn-lab: stopped before a round finished; nothing written")
+        print(
+            "fedlearn-lab: stopped before a round finished; nothing written",
+            file=sys.stderr,
+        )
         return 128 + stop.signum
     marker = _marker(fed, stop, diverged)
     _write_outputs(fed, staging, marker)
