@@ -249,8 +249,9 @@ def _write_outputs(fed: Any, staging: Path, marker: tuple[str, str] | None) -> N
 def _staging_folder(out: Path, *, overwrite: bool) -> Path:
     """Check that ``out`` can take a run, and make the hidden folder beside it
     that the run is written into (``ValueError`` if either fails)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out} cannot be written: {existing} is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(
             f"--out {out} already holds files (an earlier run?): pass --overwrite to "
