@@ -165,13 +165,8 @@ def _run(cfg: FedConfig, args: argparse.Namespace, staging: Path, stop: _Stop) -
             file=sys.stderr,
         )
         return 128 + stop.signum
-    _write_outputs(fed, staging)
-    if stop.signum is not None:
-        name = signal.Signals(stop.signum).name
-        note = f"stopped by {name} after round {fed.round} of {cfg.rounds}"
-        (staging / "INTERRUPTED").write_text(note + "\n")
-    if diverged is not None:
-        (staging / "DIVERGED").write_text(f"{diverged}\n")
+    marker = _marker(fed, stop, diverged)
+    _write_outputs(fed, staging, marker)
     try:
         _move_into_place(staging, args.out, overwrite=args.overwrite)
     except OSError as err:
@@ -180,17 +175,27 @@ def _run(cfg: FedConfig, args: argparse.Namespace, staging: Path, stop: _Stop) -
         return _fail(f"cannot move the run into {args.out} ({err}); it is in {kept}", 1)
     print(f"{fed.history!r}; wrote {args.out}/history.csv and accuracy.png")
     if diverged is not None:
-        print(
-            f"fedlearn-lab: error: {diverged}\n(the {len(fed.history)} good rounds "
-            f"are in {args.out}; see DIVERGED)",
-            file=sys.stderr,
-        )
-        return 1
+        rounds = len(fed.history)
+        note = f"(the {rounds} good rounds are in {args.out}; see DIVERGED)"
+        return _fail(f"{diverged}\n{note}", 1)
     if stop.signum is not None:
-        print(f"fedlearn-lab: {note}; see {args.out}/INTERRUPTED", file=sys.stderr)
+        print(f"fedlearn-lab: {marker[1]}; see {args.out}/INTERRUPTED", file=sys.stderr)
         return 128 + stop.signum
     _print_spread(fed.device_accuracy())
     return 0
+
+
+def _marker(
+    fed: Any, stop: _Stop, diverged: Exception | None
+) -> tuple[str, str] | None:
+    """The file that says how an unfinished run ended, and its text (None: finished)."""
+    if diverged is not None:
+        return "DIVERGED", str(diverged)
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        done = f"round {fed.round} of {fed.cfg.rounds}"
+        return "INTERRUPTED", f"stopped by {name} after {done}"
+    return None
 
 
 def _train(fed: Any, staging: Path, stop: _Stop, *, quiet: bool) -> Exception | None:
@@ -220,8 +225,8 @@ def _train(fed: Any, staging: Path, stop: _Stop, *, quiet: bool) -> Exception | 
     return None
 
 
-def _write_outputs(fed: Any, staging: Path) -> None:
-    """history.csv, accuracy.png and, after a round, the global model."""
+def _write_outputs(fed: Any, staging: Path, marker: tuple[str, str] | None) -> None:
+    """history.csv, accuracy.png, the global model (after a round) and the marker."""
     from .plots import plot_accuracy
     from .publish import save_model
 
@@ -236,13 +241,17 @@ def _write_outputs(fed: Any, staging: Path) -> None:
     fig.savefig(staging / "accuracy.png", dpi=120)
     if fed.history:
         save_model(fed.publish(), staging / "model", cfg)
+    if marker is not None:
+        name, text = marker
+        (staging / name).write_text(text + "\n")
 
 
 def _staging_folder(out: Path, *, overwrite: bool) -> Path:
     """Check that ``out`` can take a run, and make the hidden folder beside it
     that the run is written into (``ValueError`` if either fails)."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out} cannot be written: {existing} is not a folder")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ValueError(
             f"--out {out} already holds files (an earlier run?): pass --overwrite to "

@@ -76,8 +76,8 @@ def check_dataset(data: Any, *, name: str = "data") -> Dataset:
         )
     natural = data.natural_partition
     if natural is not None:
-        joined = np.concatenate([np.asarray(p) for p in natural]) if natural else []
-        if len(joined) and (min(joined) < 0 or max(joined) >= len(data.y_train)):
+        joined = np.concatenate([np.asarray(p) for p in natural] or [np.zeros(0)])
+        if len(joined) and (joined.min() < 0 or joined.max() >= len(data.y_train)):
             raise ValueError(
                 f"{name}.natural_partition indexes outside the "
                 f"{len(data.y_train)} training samples"
