@@ -275,3 +275,129 @@ def plot_round(
     ax.set(xlabel="sampled device", ylabel="test accuracy", ylim=(0, 1), xticks=devices)
     ax.legend(loc="lower center", ncols=3, fontsize="small")
     return fig
+
+
+# --- Lesson 03 (the server adjustment): class by class, and over seeds ---------------
+
+
+def class_accuracy(predicted: object, labels: object, num_classes: int) -> np.ndarray:
+    """Accuracy on each class (the share of its samples predicted as that class, i.e.
+    its recall), shape (num_classes,); NaN for a class without samples."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels must be a 1-D integer array, got {labels.dtype} "
+            f"of shape {labels.shape}"
+        )
+    if predicted.shape != labels.shape:
+        raise ValueError(
+            f"predicted must have the shape of labels {labels.shape}, got "
+            f"{predicted.shape}"
+        )
+    if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}], got values in "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    right = np.bincount(labels[predicted == labels], minlength=num_classes)
+    total = np.bincount(labels, minlength=num_classes)
+    with np.errstate(invalid="ignore"):
+        return right / total  # (num_classes,)
+
+
+def plot_adjustment_by_class(
+    sampled_share: object,
+    before: object,
+    after: object,
+    axes: Sequence[Axes] | None = None,
+    *,
+    shared_share: object = None,
+) -> Figure:
+    """One round, class by class: the label shares of the round's sampled devices
+    (left; the shared dataset's as dots) and each class's test accuracy before the
+    server adjustment (the aggregation model, black) and after it (vermillion)."""
+    given = {"sampled_share": sampled_share, "before": before, "after": after}
+    if shared_share is not None:
+        given["shared_share"] = shared_share
+    values = {name: np.asarray(v, dtype=float) for name, v in given.items()}
+    shapes = {name: v.shape for name, v in values.items()}
+    if len(shapes["before"]) != 1 or len(set(shapes.values())) > 1:
+        raise ValueError(
+            f"{', '.join(shapes)} must be 1-D with one value per class, got {shapes}"
+        )
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    shares, accuracy = axes
+    classes = np.arange(len(values["before"]))
+    shares.bar(
+        classes, values["sampled_share"], color="tab:gray", label="sampled devices"
+    )
+    if "shared_share" in values:
+        shares.plot(
+            classes,
+            values["shared_share"],
+            "o",
+            color=PALETTE["fixed"],
+            label="shared dataset",
+        )
+    top = max(float(np.nanmax(v)) for k, v in values.items() if k.endswith("share"))
+    shares.set(xlabel="class", ylabel="share of the labels", xticks=classes)
+    shares.set(ylim=(0, 1.35 * top if top > 0 else 1))  # room for the legend
+    shares.set_title("the round's labels")
+    for offset, name, color, label in [
+        (-0.2, "before", PALETTE["fedavg"], "before (aggregation)"),
+        (0.2, "after", PALETTE["fixed"], "after (adjusted)"),
+    ]:
+        accuracy.bar(classes + offset, values[name], 0.4, color=color, label=label)
+    accuracy.set(xlabel="class", ylabel="test accuracy", ylim=(0, 1.25))
+    accuracy.set(xticks=classes, yticks=np.linspace(0, 1, 6))
+    accuracy.set_title("accuracy on each class")
+    for ax in axes:
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper center", ncols=2, handlelength=1, columnspacing=1)
+    return shares.figure
+
+
+def plot_over_seeds(
+    series: Mapping[str, Mapping[float, Sequence[float]]],
+    ax: Axes | None = None,
+    *,
+    colors: Mapping[str, str] | None = None,
+    xlabel: str = "",
+    ylabel: str = "",
+) -> Figure:
+    """One dot per seed and a bar for the mean ± standard deviation, for every x
+    value (a category, e.g. ``shared_fraction``) of every series (side by side)."""
+    if not series:
+        raise ValueError("series must name at least one series")
+    fig, ax = _axes(ax, (6, 4))
+    xs = sorted({x for values in series.values() for x in values})
+    offsets = np.linspace(-0.15, 0.15, len(series)) if len(series) > 1 else [0.0]
+    for i, (name, values) in enumerate(series.items()):
+        color = (colors or {}).get(name, RUN_COLORS[i % len(RUN_COLORS)])
+        for j, x in enumerate(xs):
+            runs = np.asarray(values.get(x, []), dtype=float)
+            if len(runs) == 0:
+                continue
+            where = j + offsets[i]
+            ax.plot(np.full(len(runs), where), runs, "o", color=color, alpha=0.45)
+            spread = runs.std(ddof=1) if len(runs) > 1 else 0.0
+            ax.errorbar(
+                where + 0.06,
+                runs.mean(),
+                yerr=spread,
+                fmt="_",
+                markersize=14,
+                capsize=5,
+                color=color,
+                label=name if j == 0 else None,
+            )
+    ax.set(xticks=range(len(xs)), xticklabels=[f"{x:g}" for x in xs])
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", title="dots: seeds, bars: mean ± sd")
+    return fig
