@@ -369,7 +369,7 @@ def plot_round_weights(
             s=150,
             marker="D",
             color=color,
-            edgecolor="white",
+            edgecolor="black",
             label=name,
             zorder=4,
         )
@@ -378,7 +378,9 @@ def plot_round_weights(
         ylabel = f"direction of the last move ({list(models)[-1]})"
     ax.set(xlabel="devices' main direction of spread", ylabel=ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, fontsize=11)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.5 * (high - low))  # headroom for the legend
+    ax.legend(loc="upper left", fontsize=11, framealpha=0.9)
     _readable(ax)
     return fig
 
