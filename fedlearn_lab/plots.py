@@ -311,6 +311,10 @@ def round_plane(
     With a single model, or no move, direction 2 is the devices' second principal
     component. Being linear, the plane keeps any weighted mean a weighted mean.
     """
+    if not models or any(m.keys() != device_weights.keys() for m in models):
+        raise ValueError(
+            "models must hold at least one model, with the device weights' keys"
+        )
     devices = _flat(device_weights)  # (devices, parameters)
     points = np.concatenate(
         [_flat({k: v[None] for k, v in m.items()}) for m in models]

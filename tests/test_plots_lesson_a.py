@@ -94,6 +94,8 @@ def test_plot_round_weights_refuses_counts_that_do_not_match_the_devices(
         plots.plot_round_weights(devices, [1, 2], {"before": models[0]})
     with pytest.raises(ValueError, match="models must name at least one"):
         plots.plot_round_weights(devices, [1] * 5, {})
+    with pytest.raises(ValueError, match="models must hold at least one model"):
+        plots.round_plane(devices, [{"w": models[0]["w"]}])
 
 
 def test_class_accuracy_is_the_recall_of_each_class():
