@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .config import FedConfig
 from .history import History
+from .weights import Weights
 
 PALETTE: dict[str, str] = {
     "fedavg": "#000000",  # plain FedAvg: black
@@ -280,27 +281,27 @@ def plot_round(
 # --- Lesson 03 (the server adjustment): class by class, and over seeds ---------------
 
 
-def class_accuracy(predicted: object, labels: object, num_classes: int) -> np.ndarray:
+def class_accuracy(y_true: object, y_pred: object, num_classes: int) -> np.ndarray:
     """Accuracy on each class (the share of its samples predicted as that class, i.e.
     its recall), shape (num_classes,); NaN for a class without samples."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-    predicted, labels = np.asarray(predicted), np.asarray(labels)
+    labels, predicted = np.asarray(y_true), np.asarray(y_pred)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(
-            f"labels must be a 1-D integer array, got {labels.dtype} "
+            f"y_true must be a 1-D integer array, got {labels.dtype} "
             f"of shape {labels.shape}"
         )
     if predicted.shape != labels.shape:
         raise ValueError(
-            f"predicted must have the shape of labels {labels.shape}, got "
+            f"y_pred must have the shape of y_true {labels.shape}, got "
             f"{predicted.shape}"
         )
     if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
         raise ValueError(
-            f"labels must lie in [0, {num_classes - 1}], got values in "
+            f"y_true must lie in [0, {num_classes - 1}], got values in "
             f"[{labels.min()}, {labels.max()}]"
         )
     right = np.bincount(labels[predicted == labels], minlength=num_classes)
@@ -400,4 +401,258 @@ def plot_over_seeds(
     ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="best", title="dots: seeds, bars: mean ± sd")
+    return fig
+
+
+# --- Lessons 01 (one round: weight space, per-class accuracy) and 02 (label skew) ---
+
+_GREY = "#999999"  # the devices themselves, in every lesson figure below
+
+
+def _readable(ax: Axes, size: float = 12) -> None:
+    """Axis labels at ``size`` points and tick labels one point smaller (projector)."""
+    ax.xaxis.label.set_fontsize(size)
+    ax.yaxis.label.set_fontsize(size)
+    ax.tick_params(labelsize=size - 1)
+
+
+def _flat(weights: Weights) -> np.ndarray:
+    """Stacked weights as one float64 row per model, shape (rows, parameters)."""
+    rows = [v.detach().double().flatten(1).numpy() for v in weights.values()]
+    if not rows or rows[0].shape[0] == 0:
+        raise ValueError("weights must hold at least one stacked model (row)")
+    return np.concatenate(rows, axis=1)
+
+
+def round_plane(
+    device_weights: Weights, models: Sequence[Weights]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coordinates of the devices (stacked ``device_weights``) and of ``models`` on a
+    plane through the devices' mean, shapes (devices, 2) and (models, 2).
+
+    Direction 1 is the devices' first principal component (the way they spread most),
+    sign fixed so that its largest entry is positive. Direction 2 is the move from the
+    last-but-one model to the last (e.g. the server adjustment) made orthogonal to
+    direction 1, pointing along the move, so that move is drawn at its true length.
+    With a single model, or no move, direction 2 is the devices' second principal
+    component. Being linear, the plane keeps any weighted mean a weighted mean.
+    """
+    if not models or any(m.keys() != device_weights.keys() for m in models):
+        raise ValueError(
+            "models must hold at least one model, with the device weights' keys"
+        )
+    devices = _flat(device_weights)  # (devices, parameters)
+    points = np.concatenate(
+        [_flat({k: v[None] for k, v in m.items()}) for m in models]
+    )  # (models, parameters)
+    mean = devices.mean(axis=0)
+    _, _, vt = np.linalg.svd(devices - mean, full_matrices=False)
+    basis = np.zeros((2, devices.shape[1]))
+    basis[: min(2, len(vt))] = vt[:2]
+    basis[0] *= np.sign(basis[0][np.abs(basis[0]).argmax()]) or 1.0
+    move = points[-1] - points[-2] if len(points) > 1 else np.zeros(len(mean))
+    move = move - (move @ basis[0]) * basis[0]
+    if np.linalg.norm(move) > 1e-12 * max(1.0, np.linalg.norm(mean)):
+        basis[1] = move / np.linalg.norm(move)
+    return (devices - mean) @ basis.T, (points - mean) @ basis.T
+
+
+def plot_round_weights(
+    device_weights: Weights,
+    counts: Sequence[int],
+    models: Mapping[str, Weights],
+    ax: Axes | None = None,
+    *,
+    colors: Mapping[str, str] | None = None,
+) -> Figure:
+    """One round in weight space, on the plane of :func:`round_plane`.
+
+    ``device_weights`` (stacked) are the sampled devices' updates: grey dots of area
+    proportional to ``counts``, each joined by a thin line to the first of
+    ``models`` (the global model they started from). The named ``models`` follow as
+    diamonds joined by arrows in their order, e.g. before the round, the FedAvg
+    average, after the server adjustment; ``colors`` maps their names to colours.
+    """
+    num_devices = len(_flat(device_weights))
+    if len(counts) != num_devices:
+        raise ValueError(
+            f"counts must give one sample count per device ({num_devices}), "
+            f"got {len(counts)}"
+        )
+    if not models:
+        raise ValueError("models must name at least one model (the global model)")
+    devices, named = round_plane(device_weights, list(models.values()))
+    fig, ax = _axes(ax, (5.5, 4.5))
+    for x, y in devices:
+        ax.plot([named[0, 0], x], [named[0, 1], y], color="#CCCCCC", lw=1, zorder=1)
+    area = 400 * np.asarray(counts, dtype=float) / max(max(counts), 1)
+    ax.scatter(*devices.T, s=area, color=_GREY, edgecolor="white", zorder=2)
+    ax.scatter([], [], s=80, color=_GREY, label="sampled devices (area: samples)")
+    colors = colors or {}
+    for i, name in enumerate(models):
+        color = colors.get(name, RUN_COLORS[i % len(RUN_COLORS)])
+        if i > 0:
+            arrow = {"arrowstyle": "-|>", "color": color, "lw": 2, "shrinkB": 6}
+            ax.annotate("", xy=named[i], xytext=named[i - 1], arrowprops=arrow)
+        ax.scatter(
+            *named[i],
+            s=150,
+            marker="D",
+            color=color,
+            edgecolor="black",
+            label=name,
+            zorder=4,
+        )
+    ylabel = "devices' second direction of spread"
+    if len(models) > 1:
+        ylabel = f"direction of the last move ({list(models)[-1]})"
+    ax.set(xlabel="devices' main direction of spread", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, high + 0.5 * (high - low))  # headroom for the legend
+    ax.legend(loc="upper left", fontsize=11, framealpha=0.9)
+    _readable(ax)
+    return fig
+
+
+def plot_class_accuracy(
+    accuracy: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+    *,
+    counts: Sequence[int] | None = None,
+    colors: Mapping[str, str] | None = None,
+) -> Figure:
+    """Accuracy on each class (:func:`class_accuracy`) of several named models, as
+    grouped bars; ``counts`` (e.g. the round's training samples of each class) are
+    written under the class labels."""
+    if not accuracy:
+        raise ValueError("accuracy must name at least one model")
+    num_classes = len(next(iter(accuracy.values())))
+    if counts is not None and len(counts) != num_classes:
+        raise ValueError(
+            f"counts must give one number per class ({num_classes}), got {len(counts)}"
+        )
+    fig, ax = _axes(ax, (6, 4))
+    classes = np.arange(num_classes)
+    width = 0.8 / len(accuracy)
+    colors = colors or {}
+    for i, (name, values) in enumerate(accuracy.items()):
+        color = colors.get(name, RUN_COLORS[i % len(RUN_COLORS)])
+        offset = (i - (len(accuracy) - 1) / 2) * width
+        ax.bar(classes + offset, values, width, color=color, label=name)
+    labels = [str(c) for c in classes]
+    xlabel = "class"
+    if counts is not None:
+        labels = [f"{c}\n{n}" for c, n in zip(classes, counts, strict=True)]
+        xlabel = "class, and its training samples in this round"
+    ax.set(xlabel=xlabel, ylabel="test accuracy on the class", ylim=(0, 1.3))
+    ax.set_xticks(classes, labels)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="upper center", ncols=len(accuracy), fontsize=11, frameon=False)
+    _readable(ax)
+    return fig
+
+
+def plot_label_heatmaps(
+    counts: Mapping[str, np.ndarray],
+    axes: Sequence[Axes] | None = None,
+    *,
+    max_devices: int = 50,
+    share: bool = False,
+) -> Figure:
+    """Samples per (class, device) of several partitions, titled by name, on ONE
+    colour scale with one colour bar, so equal colours mean equal numbers in every
+    panel; ``counts``: name -> (devices, classes). The scale runs from 0 to the
+    largest count of all, or with ``share`` from 0 to 1 in shares of the device's
+    samples."""
+    if not counts:
+        raise ValueError("counts must name at least one partition")
+    if axes is None:
+        rows = -(-len(counts) // 2)
+        fig, grid = plt.subplots(
+            rows, 2, figsize=(11, 0.5 + 2.8 * rows), layout="constrained", squeeze=False
+        )
+        axes = list(grid.flat)
+        for extra in axes[len(counts) :]:
+            extra.set_visible(False)
+    if len(axes) < len(counts):
+        raise ValueError(f"axes must hold {len(counts)} axes, got {len(axes)}")
+    fig = axes[0].figure
+    if share:
+        counts = {
+            n: c / np.maximum(c.sum(1, keepdims=True), 1) for n, c in counts.items()
+        }
+    vmax = 1.0 if share else max(float(c.max()) for c in counts.values())
+    for ax, (name, c) in zip(axes, counts.items(), strict=False):
+        image = ax.imshow(
+            c[:max_devices].T,
+            aspect="auto",
+            cmap="viridis",
+            interpolation="nearest",
+            vmin=0,
+            vmax=vmax,
+        )
+        shown = "device" if len(c) <= max_devices else f"device (first {max_devices})"
+        ax.set(xlabel=shown, ylabel="class", yticks=range(c.shape[1]))
+        ax.set_title(name, fontsize=13)
+        _readable(ax)
+    bar = fig.colorbar(image, ax=list(axes[: len(counts)]), shrink=0.9)
+    what = "share of the device's samples" if share else "samples on the device"
+    bar.set_label(f"{what} in the class", fontsize=12)
+    bar.ax.tick_params(labelsize=11)
+    return fig
+
+
+def plot_skew_cost(
+    label_divergence: Mapping[str, Sequence[float]],
+    accuracy: Mapping[str, float],
+    axes: Sequence[Axes] | None = None,
+    *,
+    color: str = PALETTE["fedavg"],
+) -> Figure:
+    """What label skew costs plain FedAvg, one row per partition, rows sorted by their
+    mean label divergence. Left: each device's label divergence from the label
+    distribution of all the devices' data (a dot per device, a bar at the mean).
+    Right, on the same rows: the final test accuracy of that partition's run."""
+    if set(label_divergence) != set(accuracy) or not accuracy:
+        raise ValueError(
+            "label_divergence and accuracy must name the same partitions, got "
+            f"{list(label_divergence)} and {list(accuracy)}"
+        )
+    if axes is None:
+        fig, axes = plt.subplots(
+            1, 2, figsize=(11, 4.5), sharey=True, layout="constrained"
+        )
+    fig = axes[0].figure
+    spread, cost = axes
+    means = {name: float(np.mean(v)) for name, v in label_divergence.items()}
+    names = sorted(means, key=means.get)
+    for row, name in enumerate(names):
+        values = np.asarray(label_divergence[name], dtype=float)
+        jitter = ((np.arange(len(values)) * 0.618) % 1 - 0.5) * 0.5  # no randomness
+        spread.scatter(values, row + jitter, s=14, color=_GREY, alpha=0.8)
+        spread.plot([means[name]] * 2, [row - 0.35, row + 0.35], color=color, lw=3)
+        cost.barh(row, accuracy[name], height=0.6, color=color)
+        cost.text(
+            accuracy[name] + 0.01,
+            row,
+            f"{accuracy[name]:.2f}",
+            va="center",
+            fontsize=11,
+        )
+    spread.set(
+        yticks=range(len(names)),
+        xlabel="label divergence of a device (JS, bits)",
+        xlim=(0, 1),
+        ylim=(len(names) - 0.5, -0.5),
+    )
+    spread.set_yticklabels(names)
+    spread.set_title("each device (dot) and their mean (bar)", fontsize=13)
+    cost.set(xlabel="final test accuracy", xlim=(0, 1.1))
+    cost.set_xticks(np.linspace(0, 1, 6))
+    cost.set_title("plain FedAvg on that split", fontsize=13)
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+        _readable(ax)
     return fig

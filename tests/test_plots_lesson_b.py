@@ -36,7 +36,7 @@ def test_class_accuracy_is_the_confusion_matrix_diagonal_over_its_rows(case):
     with np.errstate(invalid="ignore"):
         expected = matrix.diagonal() / matrix.sum(axis=1)
     np.testing.assert_array_equal(
-        plots.class_accuracy(predicted, labels, num_classes), expected
+        plots.class_accuracy(labels, predicted, num_classes), expected
     )
 
 
@@ -48,7 +48,7 @@ def test_class_accuracy_of_no_samples_is_nan_for_every_class():
 def test_class_accuracy_takes_torch_tensors_and_agrees_with_overall_accuracy():
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
     predicted = torch.tensor([0, 1, 1, 1, 0, 2])
-    per_class = plots.class_accuracy(predicted, labels, 3)
+    per_class = plots.class_accuracy(labels, predicted, 3)
     np.testing.assert_allclose(per_class, [0.5, 2 / 3, 1.0])
     counts = np.bincount(labels.numpy())
     overall = (predicted == labels).double().mean().item()
@@ -61,17 +61,17 @@ def test_class_accuracy_takes_torch_tensors_and_agrees_with_overall_accuracy():
         ([0, 1], [0, 1], 0, "num_classes"),
         ([0, 1], [0, 1], True, "num_classes"),
         ([0, 1], [0, 1], 2.0, "num_classes"),
-        ([0], [0, 1], 2, "predicted"),
-        ([0, 1], [0.0, 1.0], 2, "labels"),
-        ([0, 1], [0, 2], 2, r"labels must lie in \[0, 1\]"),
-        ([0, 1], [-1, 1], 2, "labels"),
+        ([0], [0, 1], 2, "y_pred"),
+        ([0, 1], [0.0, 1.0], 2, "y_true"),
+        ([0, 1], [0, 2], 2, r"y_true must lie in \[0, 1\]"),
+        ([0, 1], [-1, 1], 2, "y_true"),
     ],
 )
 def test_class_accuracy_refuses_bad_input_naming_it(
     predicted, labels, num_classes, named
 ):
     with pytest.raises(ValueError, match=named):
-        plots.class_accuracy(np.array(predicted), np.array(labels), num_classes)
+        plots.class_accuracy(np.array(labels), np.array(predicted), num_classes)
 
 
 def _bar_heights(ax, color: str) -> list[float]:
@@ -164,7 +164,7 @@ def test_class_accuracy_of_a_trained_federation_averages_to_its_test_accuracy(di
     fed.run()
     x, y = digits.x_test, digits.y_test
     predicted = fed.publish()(x).argmax(1)
-    per_class = plots.class_accuracy(predicted, y, digits.num_classes)
+    per_class = plots.class_accuracy(y, predicted, digits.num_classes)
     counts = np.bincount(y.numpy(), minlength=digits.num_classes)
     overall = np.dot(per_class, counts) / counts.sum()
     assert overall == pytest.approx(fed.history[-1].accuracy)
