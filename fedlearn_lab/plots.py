@@ -368,7 +368,10 @@ def plot_feddu_factors(
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _label_for_projector(
-        ax, title=r"Why $\alpha_t$ falls", xlabel="round", ylabel="factor of alpha_t"
+        ax,
+        title=r"Why $\alpha_t$ falls",
+        xlabel="round",
+        ylabel=r"factor of $\alpha_t$",
     )
     ax.legend(loc="upper right", fontsize=11)
     return fig
@@ -429,7 +432,7 @@ def plot_adjustment_change(
         xlabel="round",
         ylabel="accuracy after − before",
     )
-    ax.legend(loc="lower left", fontsize=11)
+    ax.legend(loc="upper right", fontsize=11)
     return fig
 
 
@@ -486,12 +489,13 @@ def plot_coordinate(
         ax.axvline(
             honest_mean, color="0.6", linestyle="--", linewidth=2, label="honest FedAvg"
         )
-    for name, value in aggregates.items():
+    styles = ("-", "--", ":", "-.")  # rules that land close together stay visible
+    for k, (name, value) in enumerate(aggregates.items()):
         ax.axvline(
             value,
             color=AGGREGATOR_COLORS[name],
-            linewidth=2.5,
-            alpha=0.85,
+            linestyle=styles[k % len(styles)],
+            linewidth=3,
             label=AGGREGATOR_NAMES[name],
         )
     ax.set_yticks([])
