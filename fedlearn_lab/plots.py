@@ -656,3 +656,270 @@ def plot_skew_cost(
         ax.grid(axis="x", alpha=0.3)
         _readable(ax)
     return fig
+
+
+# --- Lesson 05, the dynamic server update (FedDU): why FedDU's steps fall -----------
+
+
+def _label_for_projector(ax: Axes, *, title: str, xlabel: str, ylabel: str) -> None:
+    """Title, axis labels and ticks at sizes a projected slide shows (>= 11 pt)."""
+    ax.set_title(title, fontsize=13)
+    ax.set_xlabel(xlabel, fontsize=12)
+    ax.set_ylabel(ylabel, fontsize=12)
+    ax.tick_params(labelsize=11)
+    ax.grid(alpha=0.3)
+
+
+def _run_label(name: str, history: History) -> str:
+    """The method's plain name; a fixed schedule's with its steps ("fixed: 5 steps")."""
+    if name == "fixed" and len(history):
+        return f"fixed: {history[0].server_steps} steps"
+    return METHOD_NAMES[name]
+
+
+def _floats(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def feddu_factors(
+    history: History, *, num_shared: int, decay: float
+) -> dict[str, np.ndarray]:
+    """FedDU's alpha_t per round (``"alpha"``) and the three factors it is the product
+    of (:mod:`fedlearn_lab.feddu`): ``"error"`` 1 - acc_t, ``"balance"``
+    n0 D(P't) / (n0 D(P't) + n't D(P0)) and ``"decay"`` decay^(t-1).
+
+    A record keeps alpha_t, D(P0), D(P't) and n't (``num_samples``), so the balance
+    and the decay are recomputed and 1 - acc_t is what is left of alpha_t; it is NaN
+    where the balance is 0 or unknown (a round in which no update was aggregated).
+    ``num_shared`` is n0, ``decay`` the run's ``server_decay``.
+    """
+    alpha = history.column("server_alpha")
+    if not alpha or None in alpha:
+        raise ValueError(
+            "history must hold rounds of a run with server_schedule='feddu' "
+            "(server_alpha set in every record)"
+        )
+    if num_shared < 1:
+        raise ValueError(f"num_shared must be an integer >= 1, got {num_shared!r}")
+    if not 0 < decay <= 1:
+        raise ValueError(f"decay must be in (0, 1], got {decay!r}")
+    shared_part = num_shared * _floats(history.column("sampled_label_divergence"))
+    total = shared_part + np.multiply(
+        history.column("num_samples"),
+        _floats(history.column("shared_label_divergence")),
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        balance = np.where(total > 0, shared_part / total, np.nan)
+        decayed = decay ** (np.asarray(history.rounds, dtype=float) - 1)
+        error = np.asarray(alpha, dtype=float) / (balance * decayed)
+    error[~(balance > 0)] = np.nan
+    return {
+        "alpha": np.asarray(alpha, dtype=float),
+        "error": error,
+        "balance": balance,
+        "decay": decayed,
+    }
+
+
+def plot_feddu_factors(
+    history: History, ax: Axes | None = None, *, num_shared: int, decay: float
+) -> Figure:
+    """FedDU's alpha_t per round (FedDU's colour) over the three factors it is the
+    product of (greys, see :func:`feddu_factors`): which one makes it fall."""
+    fig, ax = _axes(ax, (6, 4))
+    parts = feddu_factors(history, num_shared=num_shared, decay=decay)
+    rounds = history.rounds
+    factors = (
+        ("error", r"$1 - \mathrm{acc}_t$ (error on the shared dataset)", "-", "0.35"),
+        ("balance", r"balance $n_0 D(P'_t) / (n_0 D(P'_t) + n'_t D(P_0))$", ":", "0.5"),
+        ("decay", r"$\mathrm{decay}^{t-1}$", "--", "0.6"),
+    )
+    for key, label, style, grey in factors:
+        ax.plot(rounds, parts[key], style, color=grey, linewidth=2, label=label)
+    ax.plot(
+        rounds,
+        parts["alpha"],
+        color=method_color("feddu"),
+        linewidth=3,
+        marker="o",
+        markersize=4,
+        label=r"$\alpha_t$, their product",
+    )
+    ax.set_ylim(0, 1.6)  # room for the legend above the factors, which are <= 1
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _label_for_projector(
+        ax,
+        title=r"Why $\alpha_t$ falls",
+        xlabel="round",
+        ylabel=r"factor of $\alpha_t$",
+    )
+    ax.legend(loc="upper right", fontsize=11)
+    return fig
+
+
+def plot_server_steps(
+    histories: Mapping[str, History], ax: Axes | None = None
+) -> Figure:
+    """Server steps taken in each round, one line per :data:`PALETTE` method name
+    (FedDU's tau_t, the fixed schedule's ``server_steps``, plain FedAvg's 0)."""
+    fig, ax = _axes(ax, (6, 4))
+    most = 0
+    for name, history in histories.items():
+        steps = history.column("server_steps")
+        most = max([most, *steps])
+        ax.step(
+            history.rounds,
+            steps,
+            where="mid",
+            color=method_color(name),
+            linewidth=2.5,
+            label=_run_label(name, history),
+        )
+    ax.set_ylim(-0.3, 1.5 * most + 1)  # room for the legend
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    _label_for_projector(
+        ax, title="Server steps per round", xlabel="round", ylabel="server steps"
+    )
+    ax.legend(loc="upper right", fontsize=11)
+    return fig
+
+
+def plot_adjustment_change(
+    results: Mapping[str, Sequence[History]], ax: Axes | None = None
+) -> Figure:
+    """Test accuracy after minus before the server adjustment in each round, the mean
+    over each method's runs (:data:`PALETTE` colours): below 0 the adjustment hurts."""
+    fig, ax = _axes(ax, (6, 4))
+    ax.axhline(0, color="0.6", linewidth=1)
+    for name, runs in results.items():
+        length = min(len(h) for h in runs)
+        change = np.mean(
+            [np.subtract(h.accuracy, h.aggregate_accuracy)[:length] for h in runs],
+            axis=0,
+        )
+        ax.plot(
+            np.arange(1, length + 1),
+            change,
+            color=method_color(name),
+            linewidth=2.5,
+            label=_run_label(name, runs[0]),
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _label_for_projector(
+        ax,
+        title="What the server adjustment changes",
+        xlabel="round",
+        ylabel="accuracy after − before",
+    )
+    ax.legend(loc="upper right", fontsize=11)
+    return fig
+
+
+# --- Lesson 06, faults and attacks: why robust aggregators help ---------------------
+
+# The aggregators of fedlearn_lab.aggregation.AGGREGATORS in RUN_COLORS: the mean is
+# plain FedAvg's black; the server adjustment's vermillion is left out.
+AGGREGATOR_COLORS: dict[str, str] = {
+    "fedavg": PALETTE["fedavg"],
+    "median": RUN_COLORS[2],
+    "trimmed_mean": RUN_COLORS[3],
+    "krum": RUN_COLORS[5],
+}
+AGGREGATOR_NAMES: dict[str, str] = {
+    "fedavg": "FedAvg (mean)",
+    "median": "median",
+    "trimmed_mean": "trimmed mean",
+    "krum": "Krum",
+}
+MALICIOUS_COLOR = RUN_COLORS[7]  # wine: a malicious device's point
+
+
+def plot_coordinate(
+    values: Sequence[float],
+    malicious: Sequence[bool],
+    aggregates: Mapping[str, float],
+    ax: Axes | None = None,
+    *,
+    honest_mean: float | None = None,
+) -> Figure:
+    """One weight's value from every device in one round (honest grey dots, malicious
+    wine crosses, sorted), and where each aggregator puts it (vertical lines in
+    :data:`AGGREGATOR_COLORS`); ``honest_mean`` draws the honest devices' FedAvg."""
+    values = np.asarray(values, dtype=float)
+    bad = np.asarray(malicious, dtype=bool)
+    if values.ndim != 1 or bad.shape != values.shape:
+        raise ValueError(
+            f"values and malicious must be 1-D of one length, got shapes "
+            f"{values.shape} and {bad.shape}"
+        )
+    fig, ax = _axes(ax, (6, 4))
+    rank = np.empty(len(values), dtype=int)
+    rank[np.argsort(values, kind="stable")] = np.arange(len(values))
+    ax.scatter(values[~bad], rank[~bad], s=70, color="0.45", label="honest device")
+    ax.scatter(
+        values[bad],
+        rank[bad],
+        s=110,
+        marker="X",
+        color=MALICIOUS_COLOR,
+        label="malicious device",
+    )
+    if honest_mean is not None:
+        ax.axvline(
+            honest_mean, color="0.6", linestyle="--", linewidth=2, label="honest FedAvg"
+        )
+    styles = ("-", "--", ":", "-.")  # rules that land close together stay visible
+    for k, (name, value) in enumerate(aggregates.items()):
+        ax.axvline(
+            value,
+            color=AGGREGATOR_COLORS[name],
+            linestyle=styles[k % len(styles)],
+            linewidth=3,
+            label=AGGREGATOR_NAMES[name],
+        )
+    ax.set_yticks([])
+    _label_for_projector(
+        ax,
+        title="One weight, one round",
+        xlabel=r"the weight's change $w_k - w_t$",
+        ylabel="devices, sorted",
+    )
+    ax.legend(loc="upper left", fontsize=11)
+    return fig
+
+
+def plot_attack_sweep(
+    fractions: Sequence[float],
+    accuracy: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+) -> Figure:
+    """Accuracy of each aggregator (:data:`AGGREGATOR_COLORS`) against the share of
+    malicious devices; ``accuracy[name][i]`` belongs to ``fractions[i]``."""
+    fig, ax = _axes(ax, (6, 4))
+    percent = 100 * np.asarray(fractions, dtype=float)
+    for name, values in accuracy.items():
+        if len(values) != len(percent):
+            raise ValueError(
+                f"accuracy[{name!r}] must have one value per fraction "
+                f"({len(percent)}), got {len(values)}"
+            )
+        ax.plot(
+            percent,
+            values,
+            marker="o",
+            markersize=7,
+            linewidth=2.5,
+            color=AGGREGATOR_COLORS[name],
+            label=AGGREGATOR_NAMES[name],
+        )
+    ax.set_ylim(0, 1)
+    _label_for_projector(
+        ax,
+        title="Accuracy under attack",
+        xlabel="malicious devices (%)",
+        ylabel="test accuracy",
+    )
+    ax.legend(loc="lower left", fontsize=11)
+    return fig
