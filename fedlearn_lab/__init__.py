@@ -13,6 +13,7 @@ from .compare import (
     compare_settings,
     format_grid,
     format_summary,
+    state_bytes,
     summarize,
 )
 from .config import FedConfig
@@ -64,6 +65,7 @@ __all__ = [
     "sample_devices",
     "save_model",
     "server_adjust",
+    "state_bytes",
     "summarize",
     "synthetic",
 ]

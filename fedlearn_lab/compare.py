@@ -14,6 +14,8 @@ from .data import Dataset
 from .federation import Federation
 from .history import History
 from .methods import METHODS
+from .state import ServerState
+from .weights import weights_bytes
 
 
 def compare(
@@ -174,6 +176,21 @@ def _rounds_cell(s: Summary | None) -> str:
     if s is None:
         return ""
     return f"{_show(s.rounds_to, '.1f')} ({s.reached}/{s.runs})"
+
+
+def state_bytes(state: ServerState) -> dict[str, int]:
+    """What a method keeps between rounds besides the global model, in bytes: on the
+    ``"server"`` (FedAvgM's momentum, the adaptive optimisers' m and v, SCAFFOLD's c)
+    and on ``"each device"`` (SCAFFOLD's c_i; the simulation keeps them all in
+    ``state.controls``, a real device keeps its own)."""
+    server = [state.momentum, *(state.moments or ())]
+    device = 0
+    if state.controls is not None:
+        c, c_all = state.controls
+        server.append(c)
+        device = weights_bytes({k: v[0] for k, v in c_all.items()})
+    kept = sum(weights_bytes(w) for w in server if w is not None)
+    return {"server": kept, "each device": device}
 
 
 def adjustment_gain(histories: Sequence[History], last: int = 10) -> float:

@@ -272,6 +272,29 @@ def test_format_grid_puts_methods_in_rows_and_settings_in_columns():
         fl.format_grid(summaries, "bytes")
 
 
+@pytest.mark.parametrize(
+    ("changes", "server", "device"),
+    [
+        (fl.METHODS["fedavg"], 0, 0),
+        (fl.METHODS["fixed"], 0, 0),
+        (fl.METHODS["fedprox"], 0, 0),
+        ({**fl.METHODS["fedavg"], "server_momentum": "fedavgm"}, 1, 0),  # momentum
+        (fl.METHODS["fedadam"], 2, 0),  # m and v
+        (fl.METHODS["scaffold"], 1, 1),  # c on the server, c_i on each device
+    ],
+)
+def test_state_bytes_counts_the_models_each_method_keeps(
+    digits, changes, server, device
+):
+    fed = fl.Federation(SMALL.replace(**changes), digits)
+    fed.step()
+    model = fed.setup.model_bytes
+    assert fl.state_bytes(fed.state) == {
+        "server": server * model,
+        "each device": device * model,
+    }
+
+
 def test_adjustment_gain_is_the_mean_change_made_by_the_server(digits):
     fixed = fl.run(SMALL, digits).history
     after, before = fixed.accuracy[-2:], fixed.aggregate_accuracy[-2:]
