@@ -79,9 +79,10 @@ def test_remedy_settings_out_of_range_raise_naming_the_field(changes, message):
 
 
 def test_remedies_compose_with_the_server_adjustment_and_with_each_other():
-    cfg = fl.FedConfig(
-        proximal_mu=0.01, scaffold=True, server_opt="yogi", **fl.METHODS["feddu"]
+    cfg = fl.FedConfig(**fl.METHODS["feddu"]).replace(
+        proximal_mu=0.01, scaffold=True, server_opt="yogi"
     )
+    assert fl.method_of(cfg) == "fedprox+scaffold+fedyogi+feddu"
     assert fl.FedConfig.from_dict(cfg.to_dict()) == cfg
     # server_opt_* may be set while server_opt is "none": they are inactive then.
     assert fl.FedConfig(server_opt_lr=1.0, server_opt_tau=0.5).server_opt == "none"
@@ -381,6 +382,32 @@ def test_server_control_scales_the_mean_by_the_sampled_share():
     torch.testing.assert_close(out["w"], torch.tensor([1.6, 1.2]))  # 1 + 2/10 * mean
     none = {"w": torch.zeros(0, 2)}
     assert torch.equal(scaffold.server_control(c, none, 10)["w"], c["w"])
+
+
+def test_update_controls_equals_device_then_server_control_then_store():
+    # The round's one-pass update against the three steps written out in scaffold.py:
+    # 3 of 5 devices return, after different numbers of steps.
+    x = _random_like({"w": torch.zeros(3, 4), "b": torch.zeros(3)}, seed=0)
+    c = _random_like(x, seed=1, size=0.1)
+    c_all = {k: torch.randn(5, *v.shape) * 0.1 for k, v in x.items()}
+    ids, steps = [4, 0, 2], [3, 7, 5]
+    y_i = {k: v + 0.05 * torch.randn(3, *v.shape) for k, v in x.items()}
+    old = {k: v[ids] for k, v in c_all.items()}
+    new = scaffold.device_control(old, c, x, y_i, num_steps=steps, lr=0.1)
+    delta = {k: new[k] - old[k] for k in new}
+    expected = (
+        scaffold.server_control(c, delta, num_devices=5),
+        scaffold.store_controls(c_all, ids, new),
+    )
+    got = scaffold.update_controls((c, c_all), x, y_i, ids, num_steps=steps, lr=0.1)
+    for want, have in zip(expected, got, strict=True):
+        for k, v in want.items():
+            torch.testing.assert_close(have[k], v, rtol=0, atol=1e-6)
+    assert torch.equal(got[1]["w"][[1, 3]], c_all["w"][[1, 3]])  # not sampled: kept
+    with pytest.raises(ValueError, match=r"num_steps must hold one count per device"):
+        scaffold.update_controls((c, c_all), x, y_i, ids, num_steps=[3, 7], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be a number > 0"):
+        scaffold.update_controls((c, c_all), x, y_i, ids, num_steps=steps, lr=0.0)
 
 
 @pytest.mark.parametrize(
