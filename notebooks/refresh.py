@@ -4,8 +4,9 @@
     python notebooks/refresh.py 03_*.ipynb       # some of them
 
 Outputs and execution counts stay (nbval compares against them); per-run noise goes:
-cell ids become their position, cell metadata keeps only tags, and the notebook keeps
-only its kernelspec (no timings, no widget state with random model ids).
+cell ids become their position, cell metadata keeps only tags and JupyterLab's
+hidden flags (``jupyter``, on solution cells), and the notebook keeps only its
+kernelspec (no timings, no widget state with random model ids).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import nbformat
 from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
+# Cell metadata kept: tags, and JupyterLab's hidden source/outputs (solution cells).
+KEPT = ("tags", "jupyter")
 KERNELSPEC = {
     "display_name": "Python 3 (ipykernel)",
     "language": "python",
@@ -33,7 +36,7 @@ def clean(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:02d}"
         cell.metadata = nbformat.from_dict(
-            {k: v for k, v in cell.metadata.items() if k == "tags"}
+            {k: v for k, v in cell.metadata.items() if k in KEPT}
         )
     return nb
 

@@ -20,6 +20,7 @@ LESSONS = [
     "04_playground",
     "05_dynamic_server_update",
     "06_faults_and_attacks",
+    "07_remedies_compared",
 ]
 
 
@@ -63,7 +64,8 @@ def test_notebook_is_seeded_single_threaded_and_shows_a_figure(path):
 def test_notebook_carries_no_per_run_metadata(path):
     nb = nbformat.read(path, as_version=4)
     assert set(nb.metadata) <= {"kernelspec", "language_info"}
-    assert all(set(c.metadata) <= {"tags"} for c in nb.cells)
+    # Tags, and JupyterLab's source_hidden/outputs_hidden on solution cells.
+    assert all(set(c.metadata) <= {"tags", "jupyter"} for c in nb.cells)
 
 
 def test_make_test_runs_the_notebooks_with_nbval():
