@@ -160,7 +160,7 @@ def format_grid(summaries: Mapping[str, Sequence[Summary]], what: str) -> str:
     settings = list(summaries)
     methods = list(dict.fromkeys(s.method for ss in summaries.values() for s in ss))
     by = {(name, s.method): s for name, ss in summaries.items() for s in ss}
-    width = max(13, *(len(m) for m in methods))
+    width = max([13, *(len(m) for m in methods)])
     lines = [f"{'':<{width}}" + "".join(f"{name:>14}" for name in settings)]
     for method in methods:
         row = [cells[what](by.get((name, method))) for name in settings]
