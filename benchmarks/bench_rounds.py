@@ -1,14 +1,17 @@
 """Time federated rounds: the reference per-device loop against the vectorized engine.
 
     python benchmarks/bench_rounds.py [--repeats 5] [--threads 1] [--quick]
+    python benchmarks/bench_rounds.py --workloads W W+fedprox W+scaffold --no-flower
     python benchmarks/bench_rounds.py --profile W   # where the time goes
 
 Workload W (issue 3): scikit-learn digits over 100 devices (Dirichlet alpha = 0.5),
 10 devices per round, 1 local epoch of SGD (lr 0.05, batch 16), MLP 64-64-10, FedAvg,
 then 5 server steps (batch 32, lr 0.05) on a 5% class-balanced shared dataset;
-30 rounds. Also W with 100 devices per round, a scaling row (MNIST-sized Gaussian
-blobs, 60,000 x 784, over 1,000 devices, 10% per round), and the default playground
-run ``fl.run(fl.FedConfig())`` (import excluded).
+30 rounds. Also W with 100 devices per round; W with FedProx's proximal term
+(``METHODS["fedprox"]``'s mu, 0.01) or SCAFFOLD's control variates added to every
+local step, all else equal (server steps included); a scaling row (MNIST-sized
+Gaussian blobs, 60,000 x 784, over 1,000 devices, 10% per round), and the default
+playground run ``fl.run(fl.FedConfig())`` (import excluded).
 
 Every variant runs in a fresh subprocess, so its peak RSS is its own. After one
 warm-up run, ``--repeats`` runs of 30 rounds are timed: ms/round is the median
@@ -36,6 +39,8 @@ STARTED = time.perf_counter()  # a worker's "e2e s" counts from here, imports in
 WORKLOADS = {  # name: label in the table
     "W": "W: digits, 10 of 100 devices per round",
     "W100": "W, 100 of 100 devices per round",
+    "W+fedprox": "W with FedProx (mu 0.01)",
+    "W+scaffold": "W with SCAFFOLD",
     "scale": "60k x 784 blobs, 100 of 1000 devices per round",
     "default": "fl.run(fl.FedConfig()): the playground default",
 }
@@ -65,6 +70,10 @@ def _config(workload: str, engine: str, quick: bool):
     )
     if workload == "W100":
         common["participation"] = 1.0
+    if workload == "W+fedprox":
+        common["proximal_mu"] = fl.METHODS["fedprox"]["proximal_mu"]
+    if workload == "W+scaffold":
+        common["scaffold"] = True
     if workload == "scale":
         common["num_devices"] = 1000
     return fl.FedConfig(**common)
@@ -205,6 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         "--profile", choices=[w for w in WORKLOADS if w != "default"],
         help="instead of the table, profile the vectorized engine on one workload",
     )  # fmt: skip
+    parser.add_argument(
+        "--workloads", nargs="+", choices=list(WORKLOADS), default=list(WORKLOADS),
+        help="the rows to measure (default: all)",
+    )  # fmt: skip
+    parser.add_argument("--no-flower", action="store_true", help="no Flower row")
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -215,10 +229,12 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     variants = list(ENGINES)
-    if _flower_ready():
+    wants_flower = "W" in args.workloads and not args.no_flower
+    if wants_flower and _flower_ready():
         variants.append("flower")  # HOOK(flower): see _run_flower
-    else:
+    elif wants_flower:
         print("note: flwr or fedlearn_lab.flower is not installed: no Flower row\n")
+    workloads = {w: label for w, label in WORKLOADS.items() if w in args.workloads}
     print(
         f"torch threads {args.threads}, {args.repeats} timed runs"
         f"{' (--quick: 5 rounds)' if args.quick else ''}. ms/round: median wall "
@@ -227,12 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     print(_row(["workload", "variant", *(title for title, _, _ in COLUMNS)]))
     print(_row(["---"] * (2 + len(COLUMNS))))
     results = {}
-    for workload, label in WORKLOADS.items():
+    for workload, label in workloads.items():
         for variant in variants if workload == "W" else ENGINES:
             figures = results[workload, variant] = _measure(variant, workload, args)
             print(_row([label, variant, *_cells(figures)]), flush=True)
     print("\nspeed-up of vectorized (reference / vectorized), and its peak RSS:")
-    for workload, label in WORKLOADS.items():
+    for workload, label in workloads.items():
         ref, vec = results[workload, "reference"], results[workload, "vectorized"]
         speedups = ", ".join(
             f"{title} {ref[key] / vec[key]:.1f}x"

@@ -6,7 +6,16 @@ shared dataset it holds.
 """
 
 from .aggregation import fedavg
-from .compare import Summary, adjustment_gain, compare, format_summary, summarize
+from .compare import (
+    Summary,
+    adjustment_gain,
+    compare,
+    compare_settings,
+    format_grid,
+    format_summary,
+    state_bytes,
+    summarize,
+)
 from .config import FedConfig
 from .data import Dataset, from_arrays, load_dataset, load_digits, synthetic
 from .federation import Federation, Result, run
@@ -39,7 +48,9 @@ __all__ = [
     "Summary",
     "adjustment_gain",
     "compare",
+    "compare_settings",
     "fedavg",
+    "format_grid",
     "format_summary",
     "from_arrays",
     "inactive_settings",
@@ -54,6 +65,7 @@ __all__ = [
     "sample_devices",
     "save_model",
     "server_adjust",
+    "state_bytes",
     "summarize",
     "synthetic",
 ]

@@ -53,7 +53,20 @@ def _parse_classes(text: str) -> tuple[int, ...] | None:
     return None if text.lower() == "none" else tuple(int(c) for c in text.split(","))
 
 
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() not in _BOOLS:
+        raise argparse.ArgumentTypeError(
+            f"must be true or false (or 1/0, yes/no), got {text!r}"
+        )
+    return _BOOLS[text.lower()]
+
+
 def _field_parser(annotation: typing.Any):
+    if annotation is bool:
+        return _parse_bool
     if annotation is int or annotation is float or annotation is str:
         return annotation
     args = [a for a in typing.get_args(annotation) if a is not type(None)]

@@ -40,7 +40,7 @@ from .config import FedConfig
 from .history import History, RoundRecord
 from .momentum import momentum_step
 from .reference import batch_orders, minibatches, sgd
-from .scaffold import corrections, device_control, server_control, store_controls
+from .scaffold import corrections, update_controls
 from .seeding import numpy_rng, torch_generator
 from .server import SCHEDULES, ServerUpdate, train_alongside
 from .server_opt import server_opt_step
@@ -328,12 +328,9 @@ def _controls(
         return c, c_all
     sizes = torch.tensor([setup.train_sizes[k] for k in ids])
     steps = (cfg.local_epochs * -(-sizes // cfg.batch_size)).tolist()  # K per device
-    old = {k: v[torch.as_tensor(ids, dtype=torch.long)] for k, v in c_all.items()}
-    new = device_control(
-        old, c, state.weights, updates, num_steps=steps, lr=cfg.local_lr
+    return update_controls(
+        (c, c_all), state.weights, updates, ids, num_steps=steps, lr=cfg.local_lr
     )
-    delta = {k: new[k] - old[k] for k in new}
-    return server_control(c, delta, cfg.num_devices), store_controls(c_all, ids, new)
 
 
 def _momentum(

@@ -68,14 +68,7 @@ def device_control(
     device axis (one row per count); ``c`` and ``x`` are shared.
     """
     single = isinstance(num_steps, numbers.Integral)
-    steps = [num_steps] if single else list(num_steps)
-    if not steps or any(
-        isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1
-        for k in steps
-    ):
-        raise ValueError(f"num_steps must be integers >= 1, got {num_steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    steps = _checked_steps(num_steps, lr)
     if single:
         return {k: c_i[k] - c[k] + (x[k] - y_i[k]) / (num_steps * lr) for k in c_i}
     span = torch.tensor([k * lr for k in steps], dtype=torch.float64)  # (devices,)
@@ -84,6 +77,51 @@ def device_control(
         per_device = span.to(v.dtype).view(-1, *[1] * (v.dim() - 1))
         out[k] = v - c[k] + (x[k] - y_i[k]) / per_device
     return out
+
+
+def _checked_steps(num_steps: int | Sequence[int], lr: float) -> list[int]:
+    """``num_steps`` as a list, after refusing what option II cannot divide by."""
+    single = isinstance(num_steps, numbers.Integral)
+    steps = [num_steps] if single else list(num_steps)
+    if not steps or any(
+        isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1
+        for k in steps
+    ):
+        raise ValueError(f"num_steps must be integers >= 1, got {num_steps!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    return steps
+
+
+def update_controls(
+    controls: tuple[Weights, Weights],
+    x: Weights,
+    y_i: Weights,
+    device_ids: Sequence[int],
+    *,
+    num_steps: Sequence[int],
+    lr: float,
+) -> tuple[Weights, Weights]:
+    """A round's option II update in one pass: the devices ``device_ids`` returned
+    ``y_i`` (stacked in that order) after ``num_steps`` steps each; returns the new
+    ``(c, every c_i)``. The same as :func:`device_control`, then
+    :func:`server_control` and :func:`store_controls`, up to rounding, in fewer
+    operations: ``c_i+ - c_i = (x - y_i) / (K lr) - c`` needs no ``c_i``."""
+    c, c_all = controls
+    span = torch.tensor([k * lr for k in _checked_steps(num_steps, lr)])  # (devices,)
+    if len(span) != len(device_ids):
+        raise ValueError(
+            f"num_steps must hold one count per device ({len(device_ids)}), "
+            f"got {len(span)}"
+        )
+    index = torch.as_tensor(device_ids, dtype=torch.long)
+    share = len(device_ids) / next(iter(c_all.values())).shape[0]  # |S| / N
+    new_c, new_all = {}, {}
+    for k, v in c_all.items():
+        delta = (x[k] - y_i[k]) / span.view(-1, *[1] * (v.dim() - 1)) - c[k]
+        new_c[k] = c[k] + delta.mean(0) * share
+        new_all[k] = v.index_add(0, index, delta)
+    return new_c, new_all
 
 
 def server_control(c: Weights, delta_cs: Weights, num_devices: int) -> Weights:

@@ -65,6 +65,23 @@ def test_every_config_field_is_a_flag():
         assert f.name in vars(args)
 
 
+def test_bool_fields_parse_true_and_false(capsys):
+    import pytest
+
+    from fedlearn_lab.cli import build_parser
+
+    parser = build_parser()
+    for text, value in [("true", True), ("1", True), ("Yes", True), ("false", False),
+                        ("0", False), ("no", False)]:  # fmt: skip
+        assert parser.parse_args(["--scaffold", text]).scaffold is value
+    assert parser.parse_args([]).scaffold is False
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--scaffold", "maybe"])
+    assert "must be true or false (or 1/0, yes/no), got 'maybe'" in (
+        capsys.readouterr().err
+    )
+
+
 def test_console_script_is_declared():
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts["fedlearn-lab"] == "fedlearn_lab.cli:main"

@@ -83,6 +83,23 @@ def test_a_round_records_model_bytes_times_devices(digits):
     assert record.sim_seconds > 0
 
 
+def test_scaffold_sends_and_receives_exactly_twice_fedavgs_bytes(digits):
+    # c travels with the global model, and c_i+ - c_i with each device's weights.
+    cfg = fl.FedConfig(num_devices=20, participation=0.25, rounds=3, dropout=0.3)
+    fedavg = fl.run(cfg.replace(**fl.METHODS["fedavg"]), digits).history
+    scaffold = fl.run(cfg.replace(**fl.METHODS["scaffold"]), digits).history
+    assert [r.devices for r in scaffold] == [r.devices for r in fedavg]
+    assert [r.returned for r in scaffold] == [r.returned for r in fedavg]
+    assert any(len(r.returned) < len(r.devices) for r in fedavg)  # some were lost
+    for plain, doubled in zip(fedavg, scaffold, strict=True):
+        assert doubled.bytes_sent == 2 * plain.bytes_sent > 0
+        assert doubled.bytes_received == 2 * plain.bytes_received > 0
+    for name in ("fedprox", "fedadam"):  # the other remedies send only the model
+        other = fl.run(cfg.replace(**fl.METHODS[name]), digits).history
+        assert other.column("bytes_sent") == fedavg.column("bytes_sent")
+        assert other.column("bytes_received") == fedavg.column("bytes_received")
+
+
 def test_data_sharing_pays_for_the_copies_once(digits):
     cfg = fl.FedConfig(
         num_devices=20, participation=0.25, rounds=2, shared_use="data_sharing"

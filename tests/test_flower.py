@@ -119,6 +119,14 @@ FAULTS = {
     "label_flip": _FAULTY.replace(malicious_fraction=0.3, attack="label_flip"),
     "noise": _FAULTY.replace(malicious_fraction=0.2, attack="noise"),
 }
+# The other remedies on the same federation: FedProx's mu travels in the config each
+# device receives, SCAFFOLD's correction c - c_i in each device's own message.
+# mu = 0.5 rather than the entry's 0.01, so that a lost mu would show.
+REMEDIES = {
+    "fedprox": _FAULTY.replace(**fl.METHODS["fedprox"]).replace(proximal_mu=0.5),
+    "fedadam": _FAULTY.replace(**fl.METHODS["fedadam"]),
+    "scaffold": _FAULTY.replace(**fl.METHODS["scaffold"]),
+}
 
 
 @dataclasses.dataclass
@@ -155,10 +163,10 @@ def simulated(digits, tmp_path_factory):
         env.setenv("FLWR_HOME", str(tmp_path_factory.mktemp("flwr-home")))
         started = time.perf_counter()
         histories = run_simulations(
-            [ONE_DEVICE, TEN_DEVICES, TO_TARGET, *FAULTS.values()],
+            [ONE_DEVICE, TEN_DEVICES, TO_TARGET, *FAULTS.values(), *REMEDIES.values()],
             digits,
             on_round=seen.append,
-            model_outs=[model_dir] + [None] * (2 + len(FAULTS)),
+            model_outs=[model_dir] + [None] * (2 + len(FAULTS) + len(REMEDIES)),
             backend_config={"init_args": {"_temp_dir": ray_dir}},
         )
         seconds = time.perf_counter() - started
@@ -230,6 +238,24 @@ def test_flower_runs_faults_and_attacks_as_fl_run_does(simulated, digits, name):
         assert history.column(column) == pytest.approx(
             expected.column(column), abs=1e-6
         )
+
+
+@flower
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(REMEDIES))
+def test_flower_runs_the_other_remedies_as_fl_run_does(simulated, digits, name):
+    history = simulated.histories[3 + len(FAULTS) + list(REMEDIES).index(name)]
+    expected = fl.run(REMEDIES[name], digits).history
+    assert fl.method_of(REMEDIES[name]) == name
+    for column in ("devices", "returned", "bytes_sent", "bytes_received"):
+        assert history.column(column) == expected.column(column)
+    for column in ("accuracy", "aggregate_accuracy", "loss", "train_loss"):
+        assert history.column(column) == pytest.approx(
+            expected.column(column), abs=1e-6
+        )
+    plain = fl.run(REMEDIES[name].replace(**fl.METHODS["fedavg"]), digits).history
+    gaps = [abs(a - b) for a, b in zip(plain.loss, expected.loss, strict=True)]
+    assert max(gaps) > 1e-4  # the remedy changed the run: the check can fail
 
 
 @flower

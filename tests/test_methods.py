@@ -1,9 +1,11 @@
-"""The methods by name (FedAvg, fixed, FedDU, Hybrid-FL, data sharing); momentum."""
+"""The methods by name (FedAvg, fixed, FedDU, Hybrid-FL, data sharing, the other
+remedies and their combinations), method_of, inactive_settings, compare; momentum."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -28,6 +30,83 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 def test_every_method_name_gives_a_valid_config_that_it_is_named_by():
     for name, changes in fl.METHODS.items():
         assert fl.method_of(SMALL.replace(**changes)) == name
+
+
+# Configs with every part of a method switched on somewhere (server_steps stays 5,
+# which "fixed" keeps from the config).
+_DIRTY = [
+    SMALL.replace(proximal_mu=0.5, scaffold=True, server_opt="yogi"),
+    SMALL.replace(server_schedule="feddu", server_momentum="feddum"),
+    SMALL.replace(shared_use="hybrid", server_momentum="fedavgm", scaffold=True),
+    SMALL.replace(shared_use="data_sharing", server_opt="adagrad", proximal_mu=1.0),
+]
+
+
+@pytest.mark.parametrize("dirty", _DIRTY, ids=lambda c: fl.method_of(c))
+def test_every_method_entry_turns_any_config_into_that_method_alone(dirty):
+    for name, changes in fl.METHODS.items():
+        cfg = dirty.replace(**changes)
+        assert fl.method_of(cfg) == name
+        parts = set(name.split("+"))
+        assert (cfg.proximal_mu > 0) == ("fedprox" in parts)
+        assert cfg.scaffold == ("scaffold" in parts)
+        adaptive = {"fedadam", "fedyogi", "fedadagrad"} & parts
+        assert (cfg.server_opt != "none") == bool(adaptive)
+        assert cfg.server_momentum == "none"
+
+
+@pytest.mark.parametrize(
+    "name", ["fedprox", "scaffold", "fedadam", "fedyogi", "fedadagrad"]
+)
+def test_each_remedy_entry_is_the_remedy_alone_without_the_server_adjustment(name):
+    cfg = fl.FedConfig(**fl.METHODS[name])
+    assert (cfg.server_steps, cfg.shared_use, cfg.server_schedule) == (
+        0,
+        "adjust",
+        "fixed",
+    )
+    assert "server_lr" in fl.inactive_settings(cfg)  # no server adjustment
+    combined = fl.METHODS.get(f"{name}+fixed")
+    if combined is not None:  # the same remedy, with the server adjustment
+        both = SMALL.replace(**combined)
+        assert both.server_steps == SMALL.server_steps > 0
+        assert both.replace(server_steps=0) == SMALL.replace(**fl.METHODS[name])
+
+
+@pytest.mark.parametrize("dirty", _DIRTY, ids=lambda c: fl.method_of(c))
+def test_the_fedavg_entry_makes_plain_fedavg_from_any_config(digits, dirty):
+    plain = SMALL.replace(server_steps=0, rounds=2)
+    history = fl.run(dirty.replace(rounds=2, **fl.METHODS["fedavg"]), digits).history
+    assert history.records == fl.run(plain, digits).history.records
+
+
+@pytest.mark.parametrize(
+    ("changes", "name"),
+    [
+        ({}, "fixed"),
+        ({"server_steps": 0}, "fedavg"),
+        ({"server_steps": 0, "proximal_mu": 0.1}, "fedprox"),
+        ({"proximal_mu": 0.1}, "fedprox+fixed"),
+        ({"scaffold": True, "server_schedule": "feddu"}, "scaffold+feddu"),
+        ({"server_steps": 0, "server_momentum": "fedavgm"}, "fedavgm"),
+        ({"server_schedule": "feddu", "server_momentum": "feddum"}, "feddum+feddu"),
+        (
+            {"server_opt": "adagrad", "shared_use": "data_sharing"},
+            "fedadagrad+data_sharing",
+        ),
+        (
+            {
+                "proximal_mu": 0.1,
+                "scaffold": True,
+                "server_opt": "adam",
+                "shared_use": "hybrid",
+            },
+            "fedprox+scaffold+fedadam+hybrid",
+        ),
+    ],
+)
+def test_method_of_joins_device_side_server_optimiser_and_shared_use(changes, name):
+    assert fl.method_of(SMALL.replace(**changes)) == name
 
 
 def test_methods_split_the_data_identically(digits):
@@ -117,8 +196,103 @@ def test_compare_and_summarize(digits):
     summary = {s.method: s for s in fl.summarize(results, target=0.0001)}
     assert summary["fedavg"].reached == 2 and summary["fedavg"].rounds_to == 1.0
     assert "fedavg" in fl.format_summary(list(summary.values()), target=0.0001)
-    with pytest.raises(ValueError, match="methods"):
-        fl.compare(SMALL, digits, methods=["fedprox"])
+    with pytest.raises(ValueError, match="methods must be names in"):
+        fl.compare(SMALL, digits, methods=["fedsgd"])
+
+
+def test_compare_runs_the_remedies_and_their_combinations_by_name(digits):
+    cfg = SMALL.replace(rounds=2)
+    names = ["fedprox", "scaffold+fixed", "fedadagrad"]
+    seen = []
+    results = fl.compare(
+        cfg, digits, methods=names, seeds=[1], on_run=lambda *a: seen.append(a[:2])
+    )
+    assert seen == [(name, 1) for name in names]
+    for name in names:
+        expected = fl.run(cfg.replace(**fl.METHODS[name], seed=1), digits).history
+        assert results[name][0].records == expected.records
+    assert fl.method_of(cfg.replace(**fl.METHODS["scaffold+fixed"])) == "scaffold+fixed"
+
+
+def test_compare_settings_applies_each_setting_after_the_method(digits):
+    cfg = SMALL.replace(rounds=2)
+    settings = {
+        "shards 1": {"partition": "shards", "skew": 1},
+        "mu 1": {"proximal_mu": 1.0},
+    }
+    grid = fl.compare_settings(
+        cfg, digits, settings, ["fedavg", "fedprox"], seeds=[0, 2]
+    )
+    assert list(grid) == list(settings)
+    assert all(
+        list(g) == ["fedavg", "fedprox"] and len(g["fedprox"]) == 2
+        for g in grid.values()
+    )
+    shards = cfg.replace(partition="shards", skew=1, **fl.METHODS["fedprox"], seed=2)
+    assert (
+        grid["shards 1"]["fedprox"][1].records == fl.run(shards, digits).history.records
+    )
+    strong = cfg.replace(**fl.METHODS["fedprox"]).replace(proximal_mu=1.0, seed=0)
+    assert grid["mu 1"]["fedprox"][0].records == fl.run(strong, digits).history.records
+    with pytest.raises(ValueError, match="skew must be a whole number"):
+        fl.compare_settings(cfg, digits, {"bad": {"partition": "shards", "skew": 1.5}})
+
+
+def test_summarize_gives_the_mean_of_the_last_rounds_and_its_spread(digits):
+    histories = [
+        fl.run(SMALL.replace(rounds=4, seed=s), digits).history for s in (0, 1)
+    ]
+    (summary,) = fl.summarize({"fixed": histories}, target=0.5, last=2)
+    tails = [np.mean(h.accuracy[-2:]) for h in histories]
+    assert summary.mean_accuracy == pytest.approx(np.mean(tails))
+    assert summary.spread == pytest.approx(abs(tails[0] - tails[1]) / 2)
+    traffic = [r.bytes_sent + r.bytes_received for h in histories for r in h]
+    assert summary.bytes_per_round == pytest.approx(np.mean(traffic))
+    with pytest.raises(ValueError, match="last must be an integer >= 1"):
+        fl.summarize({"fixed": histories}, target=0.5, last=0)
+
+
+def test_format_grid_puts_methods_in_rows_and_settings_in_columns():
+    def summary(method, accuracy, rounds_to, reached):
+        return fl.Summary(
+            method, accuracy, 3, reached, rounds_to, None, None, accuracy, 0.01, 1e5
+        )
+
+    summaries = {
+        "easy": [summary("fedavg", 0.9, 4.0, 3), summary("scaffold", 0.95, 2.5, 3)],
+        "hard": [summary("fedavg", 0.3, None, 0)],
+    }
+    accuracy = fl.format_grid(summaries, "accuracy").splitlines()
+    assert accuracy[0].split() == ["easy", "hard"]
+    assert accuracy[1].split() == ["fedavg", "0.900±0.010", "0.300±0.010"]
+    assert accuracy[2].split() == ["scaffold", "0.950±0.010"]
+    rounds = fl.format_grid(summaries, "rounds").splitlines()
+    assert rounds[1].split() == ["fedavg", "4.0", "(3/3)", "-", "(0/3)"]
+    with pytest.raises(ValueError, match="what must be one of"):
+        fl.format_grid(summaries, "bytes")
+
+
+@pytest.mark.parametrize(
+    ("changes", "server", "device"),
+    [
+        (fl.METHODS["fedavg"], 0, 0),
+        (fl.METHODS["fixed"], 0, 0),
+        (fl.METHODS["fedprox"], 0, 0),
+        ({**fl.METHODS["fedavg"], "server_momentum": "fedavgm"}, 1, 0),  # momentum
+        (fl.METHODS["fedadam"], 2, 0),  # m and v
+        (fl.METHODS["scaffold"], 1, 1),  # c on the server, c_i on each device
+    ],
+)
+def test_state_bytes_counts_the_models_each_method_keeps(
+    digits, changes, server, device
+):
+    fed = fl.Federation(SMALL.replace(**changes), digits)
+    fed.step()
+    model = fed.setup.model_bytes
+    assert fl.state_bytes(fed.state) == {
+        "server": server * model,
+        "each device": device * model,
+    }
 
 
 def test_adjustment_gain_is_the_mean_change_made_by_the_server(digits):
@@ -272,3 +446,31 @@ def test_inactive_settings_names_what_each_method_ignores():
     fixed = fl.inactive_settings(fl.FedConfig())
     assert "server_steps" not in fixed and "feddu_mode" in fixed
     assert "server_lr" in fl.inactive_settings(fl.FedConfig(**fl.METHODS["fedavg"]))
+
+
+def test_inactive_settings_names_the_server_optimisers_unread_fields():
+    options = {
+        "server_opt_lr",
+        "server_opt_beta1",
+        "server_opt_beta2",
+        "server_opt_tau",
+    }
+    assert options <= set(fl.inactive_settings(fl.FedConfig()))
+    for name in ("fedadam", "fedyogi"):
+        assert not options & set(fl.inactive_settings(fl.FedConfig(**fl.METHODS[name])))
+    adagrad = fl.inactive_settings(fl.FedConfig(**fl.METHODS["fedadagrad"]))
+    assert options & set(adagrad) == {"server_opt_beta2"}  # v only grows: no decay
+    assert "proximal_mu" not in fl.inactive_settings(fl.FedConfig())  # 0 is FedAvg
+
+
+@pytest.mark.parametrize(
+    ("method", "field", "value"),
+    [("fedadagrad", "server_opt_beta2", 0.5), ("fedavg", "server_opt_lr", 1.0)],
+)
+def test_an_inactive_server_opt_field_does_not_change_the_run(
+    digits, method, field, value
+):
+    cfg = SMALL.replace(rounds=2, **fl.METHODS[method])
+    assert field in fl.inactive_settings(cfg)
+    changed = fl.run(cfg.replace(**{field: value}), digits).history
+    assert changed.records == fl.run(cfg, digits).history.records

@@ -5,6 +5,7 @@ algorithms, and Flower's own strategies."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 from unittest import mock
 
 import numpy as np
@@ -15,6 +16,7 @@ from torch.nn.functional import cross_entropy
 import fedlearn_lab as fl
 from fedlearn_lab import reference, scaffold, vectorized
 from fedlearn_lab.aggregation import Stacked
+from fedlearn_lab.engines import ENGINES
 from fedlearn_lab.models import make_model
 from fedlearn_lab.server_opt import server_opt_step
 from fedlearn_lab.weights import stack
@@ -77,9 +79,10 @@ def test_remedy_settings_out_of_range_raise_naming_the_field(changes, message):
 
 
 def test_remedies_compose_with_the_server_adjustment_and_with_each_other():
-    cfg = fl.FedConfig(
-        proximal_mu=0.01, scaffold=True, server_opt="yogi", **fl.METHODS["feddu"]
+    cfg = fl.FedConfig(**fl.METHODS["feddu"]).replace(
+        proximal_mu=0.01, scaffold=True, server_opt="yogi"
     )
+    assert fl.method_of(cfg) == "fedprox+scaffold+fedyogi+feddu"
     assert fl.FedConfig.from_dict(cfg.to_dict()) == cfg
     # server_opt_* may be set while server_opt is "none": they are inactive then.
     assert fl.FedConfig(server_opt_lr=1.0, server_opt_tau=0.5).server_opt == "none"
@@ -381,6 +384,32 @@ def test_server_control_scales_the_mean_by_the_sampled_share():
     assert torch.equal(scaffold.server_control(c, none, 10)["w"], c["w"])
 
 
+def test_update_controls_equals_device_then_server_control_then_store():
+    # The round's one-pass update against the three steps written out in scaffold.py:
+    # 3 of 5 devices return, after different numbers of steps.
+    x = _random_like({"w": torch.zeros(3, 4), "b": torch.zeros(3)}, seed=0)
+    c = _random_like(x, seed=1, size=0.1)
+    c_all = {k: torch.randn(5, *v.shape) * 0.1 for k, v in x.items()}
+    ids, steps = [4, 0, 2], [3, 7, 5]
+    y_i = {k: v + 0.05 * torch.randn(3, *v.shape) for k, v in x.items()}
+    old = {k: v[ids] for k, v in c_all.items()}
+    new = scaffold.device_control(old, c, x, y_i, num_steps=steps, lr=0.1)
+    delta = {k: new[k] - old[k] for k in new}
+    expected = (
+        scaffold.server_control(c, delta, num_devices=5),
+        scaffold.store_controls(c_all, ids, new),
+    )
+    got = scaffold.update_controls((c, c_all), x, y_i, ids, num_steps=steps, lr=0.1)
+    for want, have in zip(expected, got, strict=True):
+        for k, v in want.items():
+            torch.testing.assert_close(have[k], v, rtol=0, atol=1e-6)
+    assert torch.equal(got[1]["w"][[1, 3]], c_all["w"][[1, 3]])  # not sampled: kept
+    with pytest.raises(ValueError, match=r"num_steps must hold one count per device"):
+        scaffold.update_controls((c, c_all), x, y_i, ids, num_steps=[3, 7], lr=0.1)
+    with pytest.raises(ValueError, match="lr must be a number > 0"):
+        scaffold.update_controls((c, c_all), x, y_i, ids, num_steps=steps, lr=0.0)
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
@@ -566,3 +595,204 @@ def test_server_opt_bad_arguments_raise_naming_them(changes, message):
     kind = args.pop("kind")
     with pytest.raises(ValueError, match=message):
         server_opt_step(kind, {"w": torch.zeros(1)}, {"w": torch.ones(1)}, None, **args)
+
+
+# --- Through the round (fl.run / Federation.step): round-level oracles ---------------
+
+
+def _spy_engine(monkeypatch, engine, calls):
+    """Record every train_devices call of ``engine`` (its keyword arguments, the
+    devices' sizes and the weights it returns) in ``calls``."""
+    train = ENGINES[engine].train_devices
+
+    def spy(model, weights, x, y, indices, **kwargs):
+        trained, losses = train(model, weights, x, y, indices, **kwargs)
+        sizes = [len(idx) for idx in indices]
+        calls.append({"kwargs": kwargs, "sizes": sizes, "trained": _stacked(trained)})
+        return trained, losses
+
+    spying = dataclasses.replace(ENGINES[engine], train_devices=spy)
+    monkeypatch.setitem(ENGINES, engine, spying)
+
+
+def _without_mu(monkeypatch, engine):
+    """The engine as it was before FedProx: the ``mu`` keyword never reaches it."""
+    train = ENGINES[engine].train_devices
+
+    def plain(*args, mu=None, **kwargs):
+        return train(*args, **kwargs)
+
+    monkeypatch.setitem(
+        ENGINES, engine, dataclasses.replace(ENGINES[engine], train_devices=plain)
+    )
+
+
+ROUNDS = fl.FedConfig(
+    num_devices=16, participation=0.25, local_epochs=2, batch_size=7, rounds=3,
+    hidden=16,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ["reference", "vectorized"])
+def test_fedprox_with_mu_zero_through_fl_run_equals_fedavg_bit_for_bit(
+    digits, monkeypatch, engine
+):
+    cfg = ROUNDS.replace(engine=engine, **fl.METHODS["fedprox"])
+    calls = []
+    _spy_engine(monkeypatch, engine, calls)
+    zero = fl.Federation(cfg.replace(proximal_mu=0.0), digits)
+    zero.run()
+    assert calls and all(c["kwargs"]["mu"] == 0.0 for c in calls)  # mu was sent
+    prox = fl.run(cfg, digits).history
+    assert all(c["kwargs"]["mu"] == cfg.proximal_mu > 0 for c in calls[-3:])
+    monkeypatch.undo()
+    _without_mu(monkeypatch, engine)
+    fedavg = fl.Federation(cfg.replace(proximal_mu=0.0), digits)
+    fedavg.run()
+    assert zero.history.records == fedavg.history.records
+    for name, value in fedavg.state.weights.items():
+        assert torch.equal(zero.state.weights[name], value), name
+    assert prox.loss != fedavg.history.loss  # mu > 0 does change the run
+
+
+def _equal_pair():
+    """Two devices of equal size (704 samples each, one class range each), both
+    sampled every round, one full batch per local step."""
+    return fl.FedConfig(
+        num_devices=2, participation=1.0, partition="shards", skew=1,
+        shared_fraction=0.02, local_epochs=3, batch_size=1000, local_lr=0.3,
+        rounds=3, hidden=16, engine="reference", **fl.METHODS["scaffold"],
+    )  # fmt: skip
+
+
+def test_scaffold_through_fl_run_equals_an_independent_option_two(digits):
+    fed = fl.Federation(_equal_pair(), digits)
+    assert fed.setup.device_sizes == [704, 704]  # FedAvg's weights are 1/2 and 1/2
+    net = copy.deepcopy(fed.setup.model)
+    net.load_state_dict(fed.state.weights)
+    cfg = fed.cfg
+    expected = _scaffold_by_hand(
+        net, digits, fed.device_indices, [[0, 1]] * cfg.rounds,
+        steps=cfg.local_epochs, lr=cfg.local_lr,
+    )  # fmt: skip
+    names = [name for name, _ in net.named_parameters()]
+    for want in expected:
+        fed.step()
+        for name, value in zip(names, want, strict=True):
+            torch.testing.assert_close(
+                fed.state.weights[name], value, rtol=0, atol=1e-5
+            )
+    plain = fl.Federation(cfg.replace(scaffold=False), digits)
+    plain.run()
+    last = dict(zip(names, want, strict=True))
+    moved = max((plain.state.weights[k] - v).abs().max() for k, v in last.items())
+    assert moved > 1e-3  # the corrections changed the trajectory
+    c, c_i = fed.state.controls
+    for name, value in c.items():  # c stays the mean of the devices' c_i
+        torch.testing.assert_close(value, c_i[name].mean(0), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ["reference", "vectorized"])
+def test_scaffold_with_one_device_always_sampled_equals_fedavg_through_fl_run(
+    digits, engine
+):
+    cfg = fl.FedConfig(
+        num_devices=1, participation=1.0, local_epochs=2, batch_size=16, rounds=4,
+        hidden=16, engine=engine,
+    )  # fmt: skip
+    scaffolded = fl.Federation(cfg.replace(**fl.METHODS["scaffold"]), digits)
+    fedavg = fl.Federation(cfg.replace(**fl.METHODS["fedavg"]), digits)
+    scaffolded.run(), fedavg.run()
+    for name, value in fedavg.state.weights.items():
+        torch.testing.assert_close(
+            scaffolded.state.weights[name], value, rtol=0, atol=1e-6
+        )
+    for column in ("accuracy", "loss", "train_loss"):
+        assert scaffolded.history.column(column) == pytest.approx(
+            fedavg.history.column(column), abs=1e-6
+        )
+    c, c_i = scaffolded.state.controls
+    assert max(v.abs().max() for v in c.values()) > 1e-3  # c is far from zero
+    for name, value in c.items():  # c = c_1: the correction c - c_1 is ~0
+        torch.testing.assert_close(c_i[name][0], value, rtol=0, atol=1e-6)
+
+
+def _algorithm_two_step(kind, x, delta, m, v, round_idx, cfg):
+    """One server step of Reddi et al.'s Algorithm 2 in numpy (float64), read as
+    Flower reads it: m and v start at 0, FedAdam's rate has the bias correction
+    sqrt(1 - beta2^(t+1)) / (1 - beta1^(t+1))."""
+    beta1, beta2, tau = cfg.server_opt_beta1, cfg.server_opt_beta2, cfg.server_opt_tau
+    m = beta1 * m + (1 - beta1) * delta
+    if kind == "adagrad":
+        v = v + delta**2
+    elif kind == "adam":
+        v = beta2 * v + (1 - beta2) * delta**2
+    else:
+        v = v - (1 - beta2) * delta**2 * np.sign(v - delta**2)
+    rate = cfg.server_opt_lr
+    if kind == "adam":
+        t = round_idx + 1
+        rate *= np.sqrt(1 - beta2**t) / (1 - beta1**t)
+    return x + rate * m / (np.sqrt(v) + tau), m, v
+
+
+@pytest.mark.parametrize("method", ["fedadam", "fedyogi", "fedadagrad"])
+def test_server_opt_through_fl_run_equals_algorithm_two_on_the_fedavg_model(
+    digits, monkeypatch, method
+):
+    # Each round: the devices' FedAvg model (the size-weighted mean of what they
+    # returned, recomputed here in numpy) enters the paper's formulas, whose own m
+    # and v carry over; the result must be the round's new global model. Tolerance
+    # 1e-5: m / (sqrt(v) + tau) amplifies float32 rounding where delta is ~tau, and
+    # a step moves coordinates by up to server_opt_lr (>= 0.03).
+    cfg = ROUNDS.replace(rounds=4, **fl.METHODS[method])
+    calls = []
+    _spy_engine(monkeypatch, cfg.engine, calls)
+    fed = fl.Federation(cfg, digits)
+    numpy = lambda w: {k: v.double().numpy() for k, v in w.items()}  # noqa: E731
+    m = v = None
+    for round_idx in range(1, cfg.rounds + 1):
+        x = numpy(fed.state.weights)
+        fed.step()
+        call = calls[-1]
+        share = np.asarray(call["sizes"], dtype=float) / sum(call["sizes"])
+        trained = numpy(call["trained"])
+        mean = {k: np.tensordot(share, w, axes=1) for k, w in trained.items()}
+        if m is None:
+            m = v = {k: np.zeros_like(w) for k, w in x.items()}
+        out = {
+            k: _algorithm_two_step(
+                cfg.server_opt, x[k], mean[k] - x[k], m[k], v[k], round_idx, cfg
+            )
+            for k in x
+        }
+        m, v = {k: o[1] for k, o in out.items()}, {k: o[2] for k, o in out.items()}
+        for name, (want, _, _) in out.items():
+            np.testing.assert_allclose(
+                fed.state.weights[name].numpy(), want, rtol=0, atol=1e-5
+            )
+            moved = np.abs(want - mean[name]).max()
+        assert moved > 1e-3  # the server optimiser is not FedAvg's plain step
+
+
+@pytest.mark.parametrize("model", ["mlp", "logreg"])
+@pytest.mark.parametrize("method", ["fedprox", "scaffold", "fedadam"])
+def test_engines_agree_through_fl_run_with_each_remedy(digits, model, method):
+    # mu = 0.5 rather than the entry's 0.01, so that the proximal term matters.
+    changes = {"proximal_mu": 0.5} if method == "fedprox" else {}
+    cfg = ROUNDS.replace(model=model, **fl.METHODS[method]).replace(**changes)
+    reference = fl.Federation(cfg.replace(engine="reference"), digits)
+    fast = fl.Federation(cfg.replace(engine="vectorized"), digits)
+    reference.run(), fast.run()
+    for name, value in reference.state.weights.items():
+        torch.testing.assert_close(fast.state.weights[name], value, rtol=0, atol=1e-5)
+    carried = {"scaffold": "controls", "fedadam": "moments"}.get(method)
+    if carried is not None:  # the method's memory agrees too
+        for ref, vec in zip(
+            getattr(reference.state, carried), getattr(fast.state, carried), strict=True
+        ):
+            for name, value in ref.items():
+                torch.testing.assert_close(vec[name], value, rtol=0, atol=1e-5)
+    assert reference.history.column("accuracy") == pytest.approx(
+        fast.history.column("accuracy"), abs=1e-3
+    )
