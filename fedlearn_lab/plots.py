@@ -21,6 +21,7 @@ from matplotlib.ticker import MaxNLocator
 
 from .config import FedConfig
 from .history import History
+from .methods import inactive_settings, method_of
 from .weights import Weights
 
 PALETTE: dict[str, str] = {
@@ -51,13 +52,17 @@ METHOD_NAMES: dict[str, str] = {
     "fedyogi": "FedYogi",
     "fedadagrad": "FedAdagrad",
 }
+# Fields that say which method a config is: a run label names the method instead.
+_METHOD_FIELDS = {"shared_use", "server_schedule", "server_steps"}
 
 
 def method_color(name: str) -> str:
-    """The palette colour of a :data:`fedlearn_lab.METHODS` name."""
-    if name not in PALETTE:
+    """The palette colour of a :data:`fedlearn_lab.METHODS` name; a combination
+    (``"fedprox+fixed"``) takes its first part's colour (lessons dash its line)."""
+    first = name.split("+")[0]
+    if first not in PALETTE:
         raise ValueError(f"name must be one of {', '.join(PALETTE)}, got {name!r}")
-    return PALETTE[name]
+    return PALETTE[first]
 
 
 def _axes(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes]:
@@ -76,17 +81,24 @@ def plot_accuracy(
     aggregate: bool = True,
 ) -> Figure:
     """Test accuracy per round: after the server adjustment (solid) and, if
-    ``aggregate``, the aggregation model before it (dashed, same colour)."""
+    ``aggregate``, the aggregation model before it (dashed).
+
+    Without ``color`` the two curves take the palette's colours of the server
+    adjustment and of plain FedAvg; with it, both take ``color``.
+    """
     fig, ax = _axes(ax, (6, 3.5))
     name = f"{label}: " if label else ""
-    (line,) = ax.plot(
-        history.rounds, history.accuracy, color=color, label=f"{name}after adjustment"
+    ax.plot(
+        history.rounds,
+        history.accuracy,
+        color=color or PALETTE["fixed"],
+        label=f"{name}after adjustment",
     )
     if aggregate:
         ax.plot(
             history.rounds,
             history.aggregate_accuracy,
-            color=line.get_color(),
+            color=color or PALETTE["fedavg"],
             linestyle="--",
             alpha=0.7,
             label=f"{name}before adjustment",
@@ -98,9 +110,16 @@ def plot_accuracy(
 
 
 def plot_label_distribution(
-    counts: np.ndarray, ax: Axes | None = None, *, max_devices: int = 50
+    counts: np.ndarray,
+    ax: Axes | None = None,
+    *,
+    max_devices: int = 50,
+    cax: Axes | None = None,
 ) -> Figure:
-    """Heatmap of samples per (device, class); ``counts``: (devices, classes)."""
+    """Heatmap of samples per (device, class); ``counts``: (devices, classes).
+
+    ``cax`` places the colour bar in those axes instead of taking room from ``ax``.
+    """
     fig, ax = _axes(ax, (6, 3.5))
     shown = counts[:max_devices]
     image = ax.imshow(shown.T, aspect="auto", cmap="viridis", interpolation="nearest")
@@ -111,17 +130,49 @@ def plot_label_distribution(
         ylabel="class",
         yticks=range(counts.shape[1]),
     )
-    fig.colorbar(image, ax=ax, label="samples")
+    fig.colorbar(image, ax=None if cax else ax, cax=cax, label="samples")
     return fig
 
 
-def plot_device_accuracy(accuracy: list[float], ax: Axes | None = None) -> Figure:
+def plot_device_accuracy(
+    accuracy: list[float], ax: Axes | None = None, *, color: str | None = None
+) -> Figure:
     """Histogram of the published model's accuracy on each device's own data."""
     fig, ax = _axes(ax, (5, 3))
-    ax.hist(accuracy, bins=np.linspace(0, 1, 21), color="tab:blue", edgecolor="white")
+    ax.hist(
+        accuracy,
+        bins=np.linspace(0, 1, 21),
+        color=color or PALETTE["fixed"],
+        edgecolor="white",
+    )
     ax.axvline(float(np.mean(accuracy)), color="black", linestyle="--", label="mean")
     ax.set(xlabel="accuracy on the device's own data", ylabel="devices")
     ax.legend()
+    return fig
+
+
+def plot_device_strip(
+    accuracy: Mapping[str, Sequence[float]],
+    ax: Axes | None = None,
+    *,
+    colors: Mapping[str, str] | None = None,
+    max_devices: int = 50,
+) -> Figure:
+    """The published model's accuracy on each device's own data, one column per
+    device in the order of :func:`plot_label_distribution` (bars for the first run,
+    a tick per device for the others)."""
+    fig, ax = _axes(ax, (6, 2))
+    for i, (label, values) in enumerate(accuracy.items()):
+        shown = np.asarray(values, dtype=float)[:max_devices]
+        devices = np.arange(len(shown))
+        color = (colors or {}).get(label, RUN_COLORS[i % len(RUN_COLORS)])
+        if i == 0:
+            ax.bar(devices, shown, width=0.8, color=color, label=label)
+        else:
+            ax.plot(devices, shown, "_", markersize=7, mew=2, color=color, label=label)
+    num = max((min(len(v), max_devices) for v in accuracy.values()), default=1)
+    ax.set(xlim=(-0.5, num - 0.5), ylim=(0, 1), xlabel="device", ylabel="accuracy")
+    ax.grid(axis="y", alpha=0.3)
     return fig
 
 
@@ -149,7 +200,8 @@ def plot_methods(
     target: float | None = None,
 ) -> Figure:
     """Accuracy of each method, averaged over its runs, against rounds (left) and
-    simulated time (right); ``results`` maps a method name to its histories."""
+    simulated time (right); ``results`` maps a method name to its histories (a name
+    of :data:`PALETTE` gets its colour)."""
     if axes is None:
         fig, axes = plt.subplots(
             1, 2, figsize=(11, 3.8), sharey=True, layout="constrained"
@@ -157,12 +209,14 @@ def plot_methods(
     else:
         fig = axes[0].figure
     by_round, by_time = axes
+    spare = iter(c for c in RUN_COLORS if c not in {PALETTE.get(n) for n in results})
     for name, runs in results.items():
+        color = PALETTE.get(name) or next(spare, None)
         length = min(len(h) for h in runs)
         accuracy = np.mean([h.accuracy[:length] for h in runs], axis=0)
         sim_time = np.mean([h.sim_time[:length] for h in runs], axis=0)
-        (line,) = by_round.plot(np.arange(1, length + 1), accuracy, label=name)
-        by_time.plot(sim_time, accuracy, color=line.get_color(), label=name)
+        by_round.plot(np.arange(1, length + 1), accuracy, color=color, label=name)
+        by_time.plot(sim_time, accuracy, color=color, label=name)
     by_round.set(xlabel="round", ylabel="test accuracy (mean over seeds)", ylim=(0, 1))
     by_time.set(xlabel="simulated time (s)")
     for ax in axes:
@@ -200,20 +254,39 @@ def plot_feddu(history: History, ax: Axes | None = None) -> Figure:
     return fig
 
 
+def method_name(cfg: FedConfig) -> str:
+    """The method of ``cfg`` in plain words: "plain FedAvg", "FedDU",
+    "server_steps=10" (the server adjustment, named by its steps), ..."""
+    method = method_of(cfg)
+    if method == "fixed":
+        return f"server_steps={cfg.server_steps}"
+    return METHOD_NAMES.get(method, method)
+
+
 def run_labels(configs: Sequence[FedConfig]) -> list[str]:
-    """Short legend labels: the fields in which the configs differ (for one config,
-    the fields it changes from the defaults), e.g. ``"server_steps=0"``."""
+    """Short labels for runs: the method when the methods differ, then the other
+    fields in which the configs differ (for one config, the fields it changes from
+    the defaults), e.g. ``"plain FedAvg, seed=3"``; a field a run ignores is left
+    out of its label."""
     if not configs:
         return []
+    methods = [method_name(c) for c in configs]
     first = configs[0]
-    varying = set().union(*(c.differences(first) for c in configs))
-    if not varying:
-        varying = set(first.differences(FedConfig()))
+    varying = set().union(*(c.differences(first) for c in configs)) - _METHOD_FIELDS
+    named = len(set(methods)) > 1
+    if not varying and not named:  # one config, or all alike
+        named = True
+        varying = set(first.differences(FedConfig())) - _METHOD_FIELDS
     names = [f.name for f in dataclasses.fields(FedConfig) if f.name in varying]
-    return [
-        ", ".join(f"{n}={_short(getattr(c, n))}" for n in names) or "defaults"
-        for c in configs
-    ]
+    labels, seen = [], {}
+    for cfg, method in zip(configs, methods, strict=True):
+        ignored = inactive_settings(cfg)
+        parts = [method] if named else []
+        parts += [f"{n}={_short(getattr(cfg, n))}" for n in names if n not in ignored]
+        label = ", ".join(parts) or method
+        seen[label] = seen.get(label, 0) + 1  # alike but for ignored fields: number
+        labels.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return labels
 
 
 def _short(value: object) -> str:
@@ -225,16 +298,22 @@ def plot_histories(
     ax: Axes | None = None,
     *,
     rounds: int | None = None,
+    colors: Mapping[str, str] | None = None,
+    legend: bool = True,
 ) -> Figure:
     """Several runs on one axes, one colour each: test accuracy after the server
     adjustment (solid) and of the aggregation model before it (dashed, if different).
 
     ``rounds`` fixes the x-axis to 1..rounds, so a live run grows into a still frame.
+    ``colors`` maps labels to colours (default: :data:`RUN_COLORS` in order). The
+    legend sits in the corner for up to four runs and below the axes for more, so
+    it never covers the curves; ``legend=False`` leaves it out.
     """
+    own_figure = ax is None
     fig, ax = _axes(ax, (6, 3.5))
     dashed = False
     for i, (label, history) in enumerate(histories.items()):
-        color = f"C{i % 10}"  # fixed per position, so a redraw keeps each run's colour
+        color = (colors or {}).get(label, RUN_COLORS[i % len(RUN_COLORS)])
         ax.plot(history.rounds, history.accuracy, color=color, marker=".", label=label)
         if history.aggregate_accuracy != history.accuracy:
             dashed = True
@@ -250,13 +329,32 @@ def plot_histories(
     if rounds is not None:
         ax.set_xlim(0.5, rounds + 0.5)
     ax.grid(alpha=0.3)
-    if histories:
-        ax.legend(
-            loc="lower right",
-            fontsize="small",
-            title="solid: after adjustment, dashed: before" if dashed else None,
-            title_fontsize="small",
-        )
+    if histories and legend:
+        title = "solid: after adjustment, dashed: before" if dashed else None
+        if len(histories) <= 4:
+            ax.legend(
+                loc="lower right",
+                fontsize="small",
+                title=title,
+                title_fontsize="small",
+            )
+        else:  # below the axes, in as many columns as the figure's width holds
+            longest = max(len(label) for label in histories)
+            entry = 4 + 0.55 * longest  # in font sizes: the line, then the text
+            size = plt.rcParams["font.size"] * 0.83  # points, "small"
+            ncols = int(max(1, min(4, fig.get_figwidth() * 72 / size // entry)))
+            if own_figure:  # make room for the legend's rows rather than squeeze
+                rows = -(-len(histories) // ncols)
+                fig.set_figheight(fig.get_figheight() + rows * 1.4 * size / 72)
+            ax.legend(
+                loc="upper center",
+                bbox_to_anchor=(0.5, -0.18),
+                ncols=ncols,
+                fontsize="small",
+                title=title,
+                title_fontsize="small",
+                frameon=False,
+            )
     return fig
 
 
@@ -271,8 +369,10 @@ def plot_round(
     fig, ax = _axes(ax, (6, 3.5))
     devices = range(len(local_accuracy))
     ax.bar(devices, local_accuracy, color="tab:gray", label="local models")
-    ax.axhline(aggregate_accuracy, color="tab:blue", linestyle="--", label="aggregate")
-    ax.axhline(accuracy, color="tab:blue", label="after adjustment")
+    ax.axhline(
+        aggregate_accuracy, color=PALETTE["fedavg"], linestyle="--", label="aggregate"
+    )
+    ax.axhline(accuracy, color=PALETTE["fixed"], label="after adjustment")
     ax.set(xlabel="sampled device", ylabel="test accuracy", ylim=(0, 1), xticks=devices)
     ax.legend(loc="lower center", ncols=3, fontsize="small")
     return fig

@@ -1,17 +1,27 @@
-"""The playground: controls named after ``FedConfig`` fields, Run/Stop/Clear, live
-curves. A thin panel: controls -> ``FedConfig.replace`` -> ``Federation`` -> ``plots``.
+"""The playground: controls named after ``FedConfig`` fields, Run/Stop/Clear/Pin, live
+curves, the partition as a heatmap and the published model's accuracy per device.
+A thin panel: controls -> ``FedConfig.replace`` -> ``Federation`` -> ``plots``.
 
 Under a running event loop (a Jupyter kernel) the Run button trains in a worker thread,
-one round at a time, so the kernel keeps serving Stop clicks and the live figure;
-``Playground.run()`` from code blocks until the run ends.
+one round at a time, so the kernel keeps serving Stop clicks and the live figures;
+``Playground.run()`` from code blocks until the run ends. One run at a time: a Run
+click or ``run()`` while a run is in progress only says so.
+
+Threads. JupyterLab 4 sends widget messages to a kernel subshell (its
+``commsOverSubshells`` setting), so ipympl renders a figure on that thread when the
+browser asks, while a run changes the figures on another. One lock, shared by the
+panel's canvases, covers every change to a figure and every render of one; the worker
+thread only trains, and hands its results to the event loop. Each round's frame and
+the final one are pushed to the browser (rendered and sent at once), not left to a
+request that the browser drops while it waits for an earlier image.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
+import re
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,174 +32,495 @@ import ipywidgets as w
 import numpy as np
 from ipympl.backend_nbagg import Canvas, FigureManager
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from traitlets import Bool
 
+from . import (
+    METHODS,
+    Dataset,
+    DivergedError,
+    Federation,
+    History,
+    inactive_settings,
+    load_digits,
+    method_of,
+)
 from .config import (
     AGGREGATORS,
     MODELS,
     PARTITIONS,
+    SERVER_OPTS,
     SERVER_SCHEDULES,
     SHARED_USES,
     FedConfig,
 )
-from .data import Dataset, load_digits
-from .federation import Federation
-from .history import History
-from .plots import plot_histories, plot_label_distribution, run_labels
-from .rounds import DivergedError
+from .plots import (
+    PALETTE,
+    RUN_COLORS,
+    plot_device_strip,
+    plot_histories,
+    plot_label_distribution,
+    run_labels,
+)
 
 _logger = logging.getLogger(__name__)
 
 _STYLE = {"description_width": "initial"}
-_SKEWS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 100.0)
+_ALPHAS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+_RATES = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+_MUS = (0.0, 0.001, 0.01, 0.1, 1.0)
+MAX_RECENT = 6  # unpinned runs kept on the plot
+MAX_PINNED = len(RUN_COLORS) - MAX_RECENT  # so every run shown has its own colour
+MAX_SEED = 2**53 - 1  # a browser shows integers exactly up to here
+_FONT = {False: 11.0, True: 17.0}  # points, by the "large" setting
+_SCALE = {False: 1.0, True: 1.3}  # figure size
 
 
-def _int(low: int, high: int, step: int = 1) -> Callable[[int], w.ValueWidget]:
-    return lambda v: w.IntSlider(value=v, min=low, max=max(high, v), step=step)
+def _int(low: int, high: int) -> Callable[[int], w.ValueWidget]:
+    return lambda v: w.IntSlider(value=v, min=min(low, v), max=max(high, v))
 
 
 def _float(low: float, high: float, step: float) -> Callable[[float], w.ValueWidget]:
-    return lambda v: w.FloatSlider(value=v, min=low, max=max(high, v), step=step)
-
-
-def _log(low: float, high: float) -> Callable[[float], w.ValueWidget]:
-    """Powers of ten from 10**low to 10**high, four steps per decade."""
-    return lambda v: w.FloatLogSlider(
-        value=v,
-        min=min(low, math.log10(v)),
-        max=max(high, math.log10(v)),
-        step=0.25,
-        readout_format=".3g",
+    return lambda v: w.FloatSlider(
+        value=v, min=min(low, v), max=max(high, v), step=step, readout_format=".3g"
     )
 
 
-def _choice(options: tuple[Any, ...]) -> Callable[[Any], w.ValueWidget]:
-    return lambda v: w.Dropdown(options=options, value=v)
-
-
 def _steps(options: tuple[float, ...]) -> Callable[[float], w.ValueWidget]:
+    """A slider over round values spaced evenly on a log scale (plus the start
+    value, so it is shown as given)."""
     return lambda v: w.SelectionSlider(
         options=[(f"{o:g}", o) for o in sorted({*options, v})], value=v
     )
 
 
+def _choice(
+    options: tuple[str, ...], notes: dict[str, str]
+) -> Callable[[str], w.ValueWidget]:
+    return lambda v: w.Dropdown(
+        options=[(f"{o} · {notes[o]}" if o in notes else o, o) for o in options],
+        value=v,
+    )
+
+
+@dataclass(frozen=True)
+class Control:
+    """How to build one control from its start value, and its tooltip."""
+
+    make: Callable[[Any], w.ValueWidget]
+    tip: str
+
+
+_PARTITION_NOTES = {
+    "iid": "random split",
+    "dirichlet": "uneven classes",
+    "shards": "few classes each",
+    "natural": "the data's own split",
+}
+# The skew control follows the partition (the field is the same, its meaning not).
+SKEW = {
+    "dirichlet": Control(
+        _steps(_ALPHAS),
+        "Dirichlet α: how evenly each class is spread over the devices. Small α: "
+        "each device holds mostly one or two classes and plain FedAvg struggles; "
+        "large α: close to a random split.",
+    ),
+    "shards": Control(
+        _int(1, 10),
+        "Shards per device: the data is sorted by label and cut into shards, and each "
+        "device gets this many (McMahan et al. 2017), so it sees about as many "
+        "classes. Fewer shards: harder for plain FedAvg.",
+    ),
+}
 # One line per FedConfig field the panel controls, grouped as shown; the label is the
 # field name. A new field needs one line here.
-CONTROLS: dict[str, dict[str, Callable[[Any], w.ValueWidget]]] = {
+CONTROLS: dict[str, dict[str, Control]] = {
     "devices": {
-        "num_devices": _int(1, 200),
-        "participation": _float(0.05, 1.0, 0.05),
-        "partition": _choice(PARTITIONS),
-        "skew": _steps(_SKEWS),
+        "num_devices": Control(
+            _int(1, 200),
+            "How many devices (phones, hospitals, ...) hold the training data. "
+            "More devices: less data on each.",
+        ),
+        "participation": Control(
+            _float(0.01, 1.0, 0.01),
+            "Share of the devices the server picks each round. Higher: a steadier "
+            "curve, but each round costs more.",
+        ),
+        "partition": Control(
+            _choice(PARTITIONS, _PARTITION_NOTES),
+            "How the data is split over the devices: iid at random; dirichlet and "
+            "shards give each device a skewed mix of classes (set by skew); natural "
+            "is the dataset's own split. The heatmap shows the result.",
+        ),
+        "skew": SKEW["dirichlet"],
     },
     "local training": {
-        "local_epochs": _int(1, 20),
-        "local_lr": _log(-3, 0.5),
-        "model": _choice(MODELS),
-        "rounds": _int(1, 100),
-        "seed": lambda v: w.BoundedIntText(value=v, min=0, max=2**31 - 1),
+        "local_epochs": Control(
+            _int(1, 20),
+            "Passes each picked device makes over its own data per round. More: "
+            "faster progress, but on skewed data the devices drift apart.",
+        ),
+        "local_lr": Control(
+            _steps(_RATES),
+            "Learning rate of the devices' SGD. Too high: the run diverges; too "
+            "low: slow progress.",
+        ),
+        "model": Control(
+            _choice(
+                MODELS,
+                {"logreg": "linear", "mlp": "one hidden layer", "cnn": "small CNN"},
+            ),
+            "The model every device trains: logistic regression, a small MLP or a "
+            "small convolutional network.",
+        ),
+        "rounds": Control(
+            _int(1, 100),
+            "Rounds to train. A round: pick devices, train them locally, average "
+            "their models, adjust on the shared data.",
+        ),
+        "seed": Control(
+            lambda v: w.IntText(value=v),
+            "Random seed: the same seed gives the same run. Change it to see how "
+            "much of a difference between two runs is luck.",
+        ),
     },
     "server adjustment": {
-        "shared_fraction": _float(0.0, 0.5, 0.01),
-        "shared_use": _choice(SHARED_USES),
-        "server_schedule": _choice(SERVER_SCHEDULES),
-        "server_steps": _int(0, 50),
-        "server_lr": _log(-3, 0.5),
-        "aggregator": _choice(AGGREGATORS),
+        "shared_fraction": Control(
+            _float(0.0, 0.5, 0.01),
+            "Share of the training data the server keeps as its shared dataset "
+            "(class-balanced). 0: no shared data, so plain FedAvg only.",
+        ),
+        "shared_use": Control(
+            _choice(
+                SHARED_USES,
+                {
+                    "adjust": "server steps",
+                    "hybrid": "Hybrid-FL",
+                    "data_sharing": "devices get a copy",
+                },
+            ),
+            "How the shared dataset is used. adjust: the server takes SGD steps on "
+            "it after averaging. hybrid: the server trains on it like one more "
+            "participant (Hybrid-FL). data_sharing: every device gets a copy.",
+        ),
+        "server_schedule": Control(
+            _choice(
+                SERVER_SCHEDULES,
+                {"fixed": "server_steps each round", "feddu": "FedDU decides"},
+            ),
+            "How many server steps each round. fixed: server_steps every round. "
+            "feddu: FedDU picks the number from the model's accuracy on the shared "
+            "data and the label divergence of the picked devices.",
+        ),
+        "server_steps": Control(
+            _int(0, 50),
+            "SGD steps the server takes on the shared dataset after averaging. 0: "
+            "plain FedAvg. Many: the model starts to fit the small shared dataset.",
+        ),
+        "server_lr": Control(
+            _steps(_RATES), "Learning rate of the server's steps on the shared data."
+        ),
+        "aggregator": Control(
+            _choice(
+                AGGREGATORS,
+                {
+                    "fedavg": "weighted mean",
+                    "median": "median",
+                    "trimmed_mean": "mean, no extremes",
+                    "krum": "most central",
+                },
+            ),
+            "How the server combines the devices' models. fedavg: their mean, "
+            "weighted by data size. median: the median of each weight. trimmed_mean: "
+            "the mean without the highest and lowest values. krum: the one model "
+            "closest to the others. The last three resist attacking devices.",
+        ),
+    },
+    "other remedies": {
+        "proximal_mu": Control(
+            _steps(_MUS),
+            "FedProx: each device's loss gets mu/2 times the squared distance to the "
+            "global model, so it drifts less on its own skewed data. 0: off. Large: "
+            "the devices barely move.",
+        ),
+        "scaffold": Control(
+            lambda v: w.Checkbox(value=v, indent=False),
+            "SCAFFOLD: every local step is corrected by control variates (the "
+            "server's c minus the device's c_i) that cancel the device's drift. "
+            "Each device keeps its c_i; the messages carry twice the bytes.",
+        ),
+        "server_opt": Control(
+            _choice(
+                SERVER_OPTS,
+                {
+                    "none": "plain average",
+                    "adam": "FedAdam",
+                    "yogi": "FedYogi",
+                    "adagrad": "FedAdagrad",
+                },
+            ),
+            "A server optimiser fed the average change of the round (Reddi et al. "
+            "2021): adam, yogi or adagrad take adaptive steps; server_opt_lr sets "
+            "their rate. none: the average is the new model.",
+        ),
+        "server_opt_lr": Control(
+            _steps(_RATES),
+            "Rate of the server optimiser (FedAdam, FedYogi, FedAdagrad).",
+        ),
     },
 }
+_BUTTON_TIPS = {
+    "run": "Train the settings above; the curve grows round by round. Settings "
+    "already run come back at once.",
+    "stop": "End the run after the round in progress; what it computed stays, and "
+    "Run continues it.",
+    "clear": "Remove every run from the plot (results stay cached).",
+    "pin": f"Keep the current run on the plot; only the last {MAX_RECENT} runs that "
+    f"are not pinned stay (at most {MAX_PINNED} pins).",
+    "compare": "Also run the same settings as plain FedAvg (no use of the shared "
+    "dataset), to see what the method adds.",
+    "large": "Bigger fonts and figures, for a projector.",
+}
+# Everything the panel needs that ipywidgets' own styles do not give: a status line
+# that wraps, figures that follow the available width, the "large" fonts.
+_CSS = """<style>
+.fedlearn-playground .fedlearn-status { white-space: normal; height: auto;
+  line-height: 1.4; overflow: visible; font-weight: 600; }
+.fedlearn-playground .fedlearn-error { min-height: 1.4em; }
+.fedlearn-playground .fedlearn-figure { min-width: 0; margin: 0; }
+.fedlearn-playground .fedlearn-figure .jupyter-matplotlib-figure,
+.fedlearn-playground .fedlearn-figure .jupyter-matplotlib-canvas-container,
+.fedlearn-playground .fedlearn-figure .jupyter-matplotlib-canvas-div {
+  width: 100% !important; height: auto !important; margin: 0 !important;
+  box-sizing: border-box; }
+.fedlearn-playground .fedlearn-figure canvas {
+  width: 100% !important; height: auto !important; }
+.fedlearn-playground .fedlearn-figure canvas:first-child {
+  position: relative !important; }
+.fedlearn-playground .fedlearn-figure canvas + canvas { display: none !important; }
+.fedlearn-playground .fedlearn-anchor { outline: none;
+  scroll-margin: 8px 0 calc(100vh - 200px) 0; }
+.fedlearn-playground .fedlearn-runs { font-size: var(--jp-widgets-font-size); }
+.fedlearn-runs .fedlearn-run { line-height: 1.5; }
+.fedlearn-runs .fedlearn-swatch { display: inline-block; width: 1.6em; height: 0.3em;
+  vertical-align: middle; margin-right: 0.4em; }
+.fedlearn-playground .fedlearn-main { flex: 1 1 420px; min-width: 0;
+  margin-right: 0.6em; }
+.fedlearn-playground .fedlearn-side { flex: 1 1 260px; max-width: 460px;
+  min-width: 0; }
+.fedlearn-playground.fedlearn-large { --jp-widgets-font-size: 18px;
+  --jp-widgets-inline-height: 34px; }
+.fedlearn-playground.fedlearn-large .fedlearn-main { flex-basis: 100%;
+  margin-right: 0; }
+.fedlearn-playground.fedlearn-large .fedlearn-side { max-width: 640px; }
+.fedlearn-playground.fedlearn-large .fedlearn-status { font-size: 20px; }
+</style>"""
 
 
 @dataclass(frozen=True, eq=False)
 class Run:
-    """One run on the plot: its settings and its (possibly still growing) history."""
+    """One run on the plot: its settings, its (possibly still growing) history and
+    its colour, kept for as long as it is shown."""
 
     config: FedConfig
     history: History
+    color: str
 
 
 class Playground(w.VBox):
     """Move the controls, press Run, watch the accuracy curves grow round by round.
 
     ``Playground(data=None, **config)``: ``data`` defaults to :func:`load_digits`,
-    ``config`` sets any ``FedConfig`` field's start value. ``.config`` is the current
-    settings, ``.history`` the last run, ``.runs`` every run on the plot; ``.run()``
-    trains from code. Finished runs are cached per config, so going back is instant.
+    ``config`` sets any ``FedConfig`` field's start value (shown as given; a value
+    the panel cannot show or run raises ``ValueError``). ``.config`` is the current
+    settings, ``.history`` the last run, ``.runs`` the runs on the plot (the last
+    six, plus pinned ones); ``.run()`` trains from code. Finished runs are cached per
+    config, so going back is instant.
     """
 
     def __init__(self, data: Dataset | None = None, **config: Any) -> None:
-        self._base = FedConfig(**config)
+        start = FedConfig(**config)
         self.data = data if data is not None else load_digits()
+        if start.seed > MAX_SEED:
+            raise ValueError(
+                f"seed must be an integer in [0, 2**53 - 1] for the playground (a "
+                f"browser shows larger integers inexactly), got {start.seed}"
+            )
+        Federation(start, self.data)  # setup errors (the partition, ...) raise here
+        self._base = start
+        self._lock = threading.RLock()  # every change to a figure, every render
+        self._claim = threading.Lock()  # guards _busy: one run at a time
+        self._busy = False
         self.runs: list[Run] = []
         self.history: History | None = None
         self._cache: dict[FedConfig, History] = {}  # finished runs
         self._stopped: dict[FedConfig, Federation] = {}  # stopped midway: resumable
+        self._device_accuracy: dict[FedConfig, list[float]] = {}
+        self._pinned: set[FedConfig] = set()
         self._stop_requested = False
         self._task: asyncio.Task | None = None
         self._counts: np.ndarray | None = None
+        self._quiet = False  # True while the panel sets its own controls
+        self._large = False
+        self._shown = False  # whether a browser has shown the panel yet
 
-        self.controls = {
-            name: make(getattr(self._base, name))
-            for group in CONTROLS.values()
-            for name, make in group.items()
+        self._build_controls(start)
+        self._build_buttons()
+        self.status = w.Label("")
+        self.error = w.HTML()
+        self.run_list = w.HTML()
+        self.curves = _canvas(self._lock, layout="constrained")
+        self.curves.on_view = self._bring_into_view
+        self.heatmap = _canvas(self._lock)  # axes placed by _strip_axes
+        self.devices = _canvas(self._lock)
+        self._curves_ax = self.curves.figure.add_subplot()
+        self._size_figures()
+        for widget, name in [
+            (self.status, "status"),
+            (self.error, "error"),
+            (self.run_list, "runs"),
+            (self.curves, "curves"),
+            (self.heatmap, "heatmap"),
+            (self.devices, "devices"),
+        ]:
+            widget.add_class(f"fedlearn-{name}")  # stable selectors for browser tests
+        for canvas in (self.curves, self.heatmap, self.devices):
+            canvas.add_class("fedlearn-figure")
+        super().__init__(self._layout())
+        self.add_class("fedlearn-playground")
+        self._draw_curves()
+        self._show_runs()
+        self._on_change()
+
+    # -- building -------------------------------------------------------------
+
+    def _build_controls(self, start: FedConfig) -> None:
+        partitions = tuple(
+            p
+            for p in PARTITIONS
+            if p != "natural" or self.data.natural_partition is not None
+        )
+        shards = start.partition == "shards"
+        self._skews = {
+            "dirichlet": SKEW["dirichlet"].make(
+                FedConfig.skew if shards else start.skew
+            ),
+            "shards": SKEW["shards"].make(int(start.skew) if shards else 2),
         }
-        for name, control in self.controls.items():
-            control.description = name
+        self._tips = {kind: spec.tip for kind, spec in SKEW.items()}
+        self.controls: dict[str, w.ValueWidget] = {}
+        for group in CONTROLS.values():
+            for name, spec in group.items():
+                if name == "partition":
+                    spec = Control(_choice(partitions, _PARTITION_NOTES), spec.tip)
+                if name == "skew":
+                    self.controls[name] = self._skews[
+                        "shards" if shards else "dirichlet"
+                    ]
+                else:
+                    self.controls[name] = spec.make(getattr(start, name))
+                    self._tips[name] = spec.tip
+        for name, control in self._widgets():
+            control.description = "skew" if name in SKEW else name
+            control.tooltip = self._tips[name]
             control.style = _STYLE
-            control.layout.width = "265px"
+            control.layout.width = "100%"
             if hasattr(control, "continuous_update"):
                 control.continuous_update = False
             control.observe(self._on_change, names="value")
+        self._skew_slot = w.Box([self.controls["skew"]])
+
+    def _widgets(self) -> list[tuple[str, w.ValueWidget]]:
+        """Every control, the skew ones by kind (shown or not)."""
+        fields = [(n, c) for n, c in self.controls.items() if n != "skew"]
+        return fields + list(self._skews.items())
+
+    def _build_buttons(self) -> None:
+        tips = _BUTTON_TIPS
+        self.run_button = w.Button(
+            description="Run", button_style="primary", icon="play", tooltip=tips["run"]
+        )
+        self.stop_button = w.Button(
+            description="Stop", icon="stop", disabled=True, tooltip=tips["stop"]
+        )
+        self.clear_button = w.Button(
+            description="Clear", icon="trash", tooltip=tips["clear"]
+        )
+        self.pin_button = w.ToggleButton(
+            description="Pin", icon="thumb-tack", tooltip=tips["pin"]
+        )
         self.compare = w.Checkbox(
             value=False,
             description="compare with plain FedAvg",
             indent=False,
             style=_STYLE,
             layout=w.Layout(width="auto"),
+            tooltip=tips["compare"],
         )
-        self.run_button = w.Button(
-            description="Run", button_style="primary", icon="play"
+        self.large = w.Checkbox(
+            value=False,
+            description="large",
+            indent=False,
+            style=_STYLE,
+            layout=w.Layout(width="auto"),
+            tooltip=tips["large"],
         )
-        self.stop_button = w.Button(description="Stop", icon="stop", disabled=True)
-        self.clear_button = w.Button(description="Clear", icon="trash")
+        for button in (self.run_button, self.stop_button, self.clear_button):
+            button.layout.width = "auto"
+        self.pin_button.layout.width = "auto"
         self.run_button.on_click(self._on_run)
         self.stop_button.on_click(lambda _: self.stop())
         self.clear_button.on_click(lambda _: self.clear())
-        self.status = w.Label("ready")
-        self.error = w.HTML(layout=w.Layout(min_height="1.5em"))
-        self.curves = _canvas((4.7, 3.3))
-        self.heatmap = _canvas((3.5, 3.3))
-        self._curves_ax = self.curves.figure.add_subplot()
-        for widget, name in [
-            (self.status, "status"),
-            (self.error, "error"),
-            (self.curves, "curves"),
-            (self.heatmap, "heatmap"),
-        ]:
-            widget.add_class(f"fedlearn-{name}")  # stable selectors for browser tests
+        self.pin_button.observe(self._on_pin, names="value")
+        self.compare.observe(lambda _: self._on_change(), names="value")
+        self.large.observe(self._on_large, names="value")
 
-        groups = [
-            w.VBox(
-                [w.HTML(f"<b>{title}</b>"), *(self.controls[n] for n in names)],
-                layout=w.Layout(margin="0 0.8em 0.5em 0"),
-            )
-            for title, names in CONTROLS.items()
-        ]
-        buttons = [self.run_button, self.stop_button, self.clear_button, self.compare]
-        super().__init__(
+    def _layout(self) -> list[w.Widget]:
+        """Buttons and status on top, then the figures, then the controls."""
+        bar = w.HBox(
             [
-                w.HBox(groups, layout=w.Layout(flex_flow="row wrap")),
-                w.HBox(buttons, layout=w.Layout(align_items="center")),
-                self.status,
-                self.error,
-                w.HBox(
-                    [self.curves, self.heatmap], layout=w.Layout(flex_flow="row wrap")
-                ),
-            ]
+                self.run_button,
+                self.stop_button,
+                self.clear_button,
+                self.pin_button,
+                self.compare,
+                self.large,
+            ],
+            layout=w.Layout(flex_flow="row wrap", align_items="center"),
         )
-        self.add_class("fedlearn-playground")
-        self._draw_curves()
-        self._on_change()
+        self.run_button.add_class("fedlearn-anchor")  # see _bring_into_view
+        main = w.VBox([self.curves, self.run_list])
+        side = w.VBox([self.heatmap, self.devices])  # device columns line up
+        main.add_class("fedlearn-main")
+        side.add_class("fedlearn-side")
+        groups = []
+        for title, names in CONTROLS.items():
+            items = [
+                self._skew_slot if n == "skew" else self.controls[n] for n in names
+            ]
+            groups.append(
+                w.VBox(
+                    [w.HTML(f"<b>{title}</b>"), *items],
+                    layout=w.Layout(flex="1 1 250px", margin="0 0.8em 0.4em 0"),
+                )
+            )
+        return [
+            w.HTML(_CSS),
+            bar,
+            self.status,
+            self.error,
+            w.HBox([main, side], layout=w.Layout(flex_flow="row wrap")),
+            w.HBox(groups, layout=w.Layout(flex_flow="row wrap")),
+        ]
+
+    def _bring_into_view(self) -> None:
+        """Scroll the panel into view the first time a browser shows it (after Run
+        All, JupyterLab has scrolled to its cell before the panel appeared below):
+        focusing the Run button scrolls the page so that it, and the room its CSS
+        scroll margin asks for below it, are visible."""
+        if not self._shown:
+            self._shown = True
+            self.run_button.focus()
 
     # -- settings -------------------------------------------------------------
 
@@ -198,42 +529,95 @@ class Playground(w.VBox):
         """The settings the controls show (raises ``ValueError`` if they clash)."""
         return self._base.replace(**{n: c.value for n, c in self.controls.items()})
 
-    def _on_change(self, _change: Any = None) -> None:
-        """Check the new settings and redraw the heatmap if the partition moved."""
+    @property
+    def device_accuracy(self) -> list[float] | None:
+        """The published model's accuracy on each device's own data, for the current
+        settings' run (None until it has run)."""
+        try:
+            return self._device_accuracy.get(self.config)
+        except ValueError:
+            return None
+
+    def _on_change(self, change: Any = None) -> None:
+        """Check the new settings; show what they do, or what to change."""
+        if self._quiet:
+            return
+        if change is not None and change.owner is self.controls["partition"]:
+            self._follow_partition(change.new)
         try:
             cfg = self.config
             counts = Federation(cfg, self.data).label_counts()
         except ValueError as err:
-            self._show_error(err)
+            self._invalid(err)
             return
         self._show_error(None)
+        self._disable_inactive(inactive_settings(cfg))
         if self._counts is None or not np.array_equal(counts, self._counts):
             self._counts = counts
             self._draw_heatmap(cfg)
+        elif self._is_greyed(self.heatmap):
+            self._draw_heatmap(cfg)
+        self._draw_devices(cfg)
+        if not self.running:
+            self.status.value = self._idle_status(cfg)
+
+    def _follow_partition(self, partition: str) -> None:
+        """Show the skew control that means something for ``partition``."""
+        kind = "shards" if partition == "shards" else "dirichlet"
+        self.controls["skew"] = self._skews[kind]
+        self._skew_slot.children = (self._skews[kind],)
+
+    def _disable_inactive(self, why: dict[str, str]) -> None:
+        """Disable the controls that do nothing under these settings, saying why."""
+        for name, control in self._widgets():
+            tip = self._tips[name]
+            reason = why.get("skew" if name in SKEW else name)
+            control.disabled = reason is not None
+            control.tooltip = f"Has no effect now: {reason}. {tip}" if reason else tip
+
+    def _invalid(self, err: Exception) -> None:
+        """Settings that cannot run: say what to change, grey out what is stale."""
+        self._show_error(err)
+        if not self.running:
+            self.status.value = ""
+        for canvas in (self.heatmap, self.devices):
+            self._grey(canvas, "settings invalid: see the message above")
 
     def _show_error(self, err: Exception | str | None) -> None:
-        """Show the core's message in the panel (a callback has no caller to tell)."""
-        self.error.value = (
-            ""
-            if err is None
-            else f'<span style="color:#c62828">{escape(str(err))}</span>'
-        )
+        """Show the core's message in the panel (a callback has no caller to tell),
+        with the control to change when the message names one."""
+        if err is None:
+            self.error.value = ""
+            return
+        text = str(err)
+        hint = ""
+        if isinstance(err, ValueError) and (m := re.match(r"(\w+) must be", text)):
+            if m[1] in self.controls:
+                hint = f". Change <b>{m[1]}</b>."
+        self.error.value = f'<span style="color:#c62828">⚠ {escape(text)}{hint}</span>'
+
+    def _notice(self, text: str) -> None:
+        self.error.value = f'<span style="color:#8a5a00">{escape(text)}</span>'
+
+    def _idle_status(self, cfg: FedConfig) -> str:
+        run = next((r for r in self.runs if r.config == cfg), None)
+        if run is not None and len(run.history):
+            return self._progress_text(run, done=True)
+        return "ready: press Run to train these settings"
 
     # -- running --------------------------------------------------------------
 
     @property
     def running(self) -> bool:
-        """True while a Run-button run trains in the background."""
-        return self._task is not None
+        """True while a run trains (from the Run button or ``run()``)."""
+        return self._busy
 
     def run(self) -> History | None:
         """Train the current settings and block until the run ends (or Stop).
 
-        Returns the run's history, or None if the settings are invalid (the panel
-        shows why).
+        Returns the run's history, or None if the settings are invalid or a run is
+        already in progress (the panel says which).
         """
-        if self.running:
-            raise RuntimeError("a run is in progress; press Stop or wait for it to end")
         feds = self._start()
         if feds is None:
             return None
@@ -258,31 +642,16 @@ class Playground(w.VBox):
             self._task = loop.create_task(self._run_in_background(feds))
 
     async def _run_in_background(self, feds: list[Federation]) -> None:
-        drawn = asyncio.Event()
-        listener = self.curves.mpl_connect("draw_event", lambda _: drawn.set())
         try:
+            # The worker thread only trains; the figures change on the loop's thread.
             while await asyncio.to_thread(self._round, feds):
-                await self._frame_shown(drawn)
                 self._show_progress()
         # Anything that goes wrong is shown in the panel: a callback has no caller.
         except Exception as err:
             _logger.exception("playground run failed")
             self._show_error(err if isinstance(err, DivergedError) else repr(err))
         finally:
-            self.curves.mpl_disconnect(listener)
             self._finish(feds)
-
-    async def _frame_shown(self, drawn: asyncio.Event) -> None:
-        """Wait until the browser asked for the last frame, so each round gets one.
-
-        The next round trains meanwhile; without a browser view there is no wait, and
-        a view that never asks costs at most half a second per round.
-        """
-        if self.curves.syncing_data_url:  # no front-end has opened the canvas
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(drawn.wait(), timeout=0.5)
-        drawn.clear()
 
     def stop(self) -> None:
         """End the run after the round in progress; what it computed stays."""
@@ -292,17 +661,25 @@ class Playground(w.VBox):
         """Stop, and remove every run from the plot (cached results stay cached)."""
         self.stop()
         self.runs, self.history = [], None
+        self._pinned.clear()
         self._stopped.clear()
         self._draw_curves()
+        self._show_runs()
         self.status.value = "cleared"
 
     def _start(self) -> list[Federation] | None:
-        """Put the run (and its plain-FedAvg twin) on the plot; return what to train."""
+        """Claim the panel, put the run (and its plain-FedAvg twin) on the plot, and
+        return what to train; None if a run is in progress or the settings clash."""
+        with self._claim:
+            if self._busy:
+                self._notice(
+                    "A run is in progress: wait for it to end, or press Stop first."
+                )
+                return None
+            self._busy = True
         try:
             cfg = self.config
-            configs = [cfg]
-            if self.compare.value and cfg.server_steps > 0:
-                configs.append(cfg.replace(server_steps=0))
+            configs = [cfg, *filter(None, [self._twin(cfg)])]
             feds = {
                 c: self._stopped.get(c) or Federation(c, self.data)
                 for c in configs
@@ -310,22 +687,31 @@ class Playground(w.VBox):
             }
         except ValueError as err:
             self._show_error(err)
+            with self._claim:
+                self._busy = False
             return None
         self._show_error(None)
-        shown = {run.config for run in self.runs}
-        for c in configs:
-            if c not in shown:
-                history = self._cache[c] if c in self._cache else feds[c].history
-                self.runs.append(Run(c, history))
         self._stopped.update(feds)
-        self.history = next(run.history for run in self.runs if run.config == cfg)
+        histories = {c: self._cache.get(c) or feds[c].history for c in configs}
+        self._put_on_plot(histories)
+        self.history = histories[cfg]
         self._stop_requested = False
         self.run_button.disabled, self.stop_button.disabled = True, False
         self._show_progress()
         return list(feds.values())
 
+    def _twin(self, cfg: FedConfig) -> FedConfig | None:
+        """The plain-FedAvg run to compare with, if asked for and different."""
+        if not self.compare.value:
+            return None
+        twin = cfg.replace(**METHODS["fedavg"])
+        return None if twin == cfg else twin
+
     def _round(self, feds: list[Federation]) -> bool:
-        """Run one more round of every unfinished run; False once there is none left."""
+        """Run one more round of every unfinished run; False once there is none left.
+
+        Runs in a worker thread under an event loop: it touches no widget or figure.
+        """
         todo = [fed for fed in feds if not fed.finished]
         if self._stop_requested or not todo:
             return False
@@ -334,78 +720,311 @@ class Playground(w.VBox):
         return True
 
     def _finish(self, feds: list[Federation]) -> None:
-        for fed in feds:
-            if fed.finished:
-                self._cache[fed.cfg] = fed.history
-                self._stopped.pop(fed.cfg, None)
-        self._task = None
-        self.run_button.disabled, self.stop_button.disabled = False, True
-        self._show_progress(done=True)
+        try:
+            for fed in feds:
+                if fed.finished:
+                    self._cache[fed.cfg] = fed.history
+                    self._stopped.pop(fed.cfg, None)
+                if len(fed.history):
+                    self._device_accuracy[fed.cfg] = fed.device_accuracy()
+            self._task = None
+            self.run_button.disabled, self.stop_button.disabled = False, True
+            self._show_progress(done=True)
+            try:
+                self._draw_devices(self.config)
+            except ValueError:  # the controls moved to invalid settings meanwhile
+                pass
+        finally:
+            with self._claim:
+                self._busy = False
 
     def _show_progress(self, done: bool = False) -> None:
+        """Redraw the curves and the run list; say how far the current run is."""
         self._draw_curves()
-        run = next((r for r in self.runs if r.history is self.history), None)
-        if run is None:
-            return
+        self._show_runs()
+        run = self._current_run()
+        if run is not None:
+            self.status.value = self._progress_text(run, done)
+
+    def _progress_text(self, run: Run, done: bool) -> str:
         history, total = run.history, run.config.rounds
         text = f"round {len(history)}/{total}"
         if done:
             ended = "done" if run.config in self._cache else "stopped"
-            label = run_labels([r.config for r in self.runs])[self.runs.index(run)]
-            text += f" {ended} · {label}"
+            text += f" {ended} · {self._labels()[self.runs.index(run)]}"
             if history:
-                text += (
-                    f" · accuracy {history.final_accuracy:.3f}"
-                    f" (before adjustment {history[-1].aggregate_accuracy:.3f})"
-                )
-        self.status.value = text
+                text += f" · accuracy {history.final_accuracy:.3f}"
+                before = history[-1].aggregate_accuracy
+                if before != history.final_accuracy:
+                    text += f" (before adjustment {before:.3f})"
+        return text
+
+    def _current_run(self) -> Run | None:
+        return next((r for r in self.runs if r.history is self.history), None)
+
+    def _labels(self) -> list[str]:
+        return run_labels([run.config for run in self.runs])
+
+    # -- the runs on the plot ------------------------------------------------------
+
+    def _put_on_plot(self, histories: dict[FedConfig, History]) -> None:
+        """Show these runs last (newest); keep the pinned runs and the most recent
+        others, up to MAX_RECENT unpinned; every run keeps its colour."""
+        shown = {run.config: run for run in self.runs}
+        others = [run for run in self.runs if run.config not in histories]
+        free = MAX_RECENT - sum(c not in self._pinned for c in histories)
+        recent = [run for run in others if run.config not in self._pinned]
+        dropped = {id(run) for run in recent[: max(0, len(recent) - free)]}
+        kept = [run for run in others if id(run) not in dropped]
+        used = {run.color for run in kept}
+        new = []
+        for cfg, history in histories.items():
+            color = shown[cfg].color if cfg in shown else self._free_color(cfg, used)
+            used.add(color)
+            new.append(Run(cfg, history, color))
+        self.runs = kept + new
+
+    @staticmethod
+    def _free_color(cfg: FedConfig, used: set[str]) -> str:
+        """The method's palette colour if no run shown has it, else the next free."""
+        preferred = PALETTE.get(method_of(cfg))
+        if preferred is not None and preferred not in used:
+            return preferred
+        return next(c for c in RUN_COLORS if c not in used)
+
+    def pin(self, pinned: bool = True) -> None:
+        """Keep the current run on the plot (``pinned=False`` lets it go again)."""
+        run = self._current_run()
+        if run is None:
+            self._notice("Nothing to pin yet: press Run first.")
+        elif pinned and run.config not in self._pinned:
+            if len(self._pinned) >= MAX_PINNED:
+                self._notice(f"At most {MAX_PINNED} runs can be pinned: unpin one.")
+            else:
+                self._pinned.add(run.config)
+        elif not pinned and run.config in self._pinned:
+            self._pinned.discard(run.config)
+            self._put_on_plot({run.config: run.history})
+        self._show_progress(done=not self.running)
+
+    def _on_pin(self, change: Any) -> None:
+        if not self._quiet:
+            self.pin(change.new)
+
+    def _show_runs(self) -> None:
+        """The run list under the curves: each run's colour, name, accuracy, pin."""
+        current = self._current_run()
+        rows = []
+        for run, label in zip(self.runs, self._labels(), strict=True):
+            accuracy = f" · {run.history.final_accuracy:.3f}" if run.history else ""
+            pin = " · pinned" if run.config in self._pinned else ""
+            text = f"{escape(label)}{accuracy}{pin}"
+            if run is current:
+                text = f"<b>{text}</b>"
+            swatch = f'<span class="fedlearn-swatch" style="background:{run.color}">'
+            rows.append(f'<div class="fedlearn-run">{swatch}</span>{text}</div>')
+        head = (
+            "<i>solid: after the server adjustment · dashed: before it</i>"
+            if self.runs
+            else "<i>no runs yet: press Run</i>"
+        )
+        self.run_list.value = head + "".join(rows)
+        self._quiet = True
+        try:
+            self.pin_button.value = current is not None and (
+                current.config in self._pinned
+            )
+        finally:
+            self._quiet = False
 
     # -- figures --------------------------------------------------------------
 
+    def _on_large(self, change: Any) -> None:
+        """Bigger fonts and figures for a projector (or back)."""
+        self._large = bool(change.new)
+        if self._large:
+            self.add_class("fedlearn-large")
+        else:
+            self.remove_class("fedlearn-large")
+        self._size_figures()
+        self._draw_curves()
+        self._counts = None  # redraw the heatmap and the devices
+        self._on_change()
+
+    def _size_figures(self) -> None:
+        scale = _SCALE[self._large]
+        sizes = [(5.6, 3.5), (3.8, 2.7), (3.8, 1.9)]
+        with self._lock:
+            for canvas, (width, height) in zip(
+                (self.curves, self.heatmap, self.devices), sizes, strict=True
+            ):
+                canvas.figure.set_size_inches(width * scale, height * scale)
+                canvas.manager.resize(*canvas.figure.bbox.size)
+
     def _draw_curves(self) -> None:
-        ax = self._curves_ax
-        # Swap the lines, keep the axes: a new Axes costs ~30 ms, too slow per round.
-        for artist in [*ax.lines, *filter(None, [ax.get_legend()])]:
-            artist.remove()
-        labels = run_labels([run.config for run in self.runs])
-        rounds = max(
-            (run.config.rounds for run in self.runs), default=self._base.rounds
-        )
-        histories = {
-            label: run.history for label, run in zip(labels, self.runs, strict=True)
-        }
-        plot_histories(histories, ax, rounds=rounds)
-        self.curves.draw_idle()
+        with self._lock:
+            ax = self._curves_ax
+            # Swap the lines, keep the axes (a new Axes costs ~30 ms).
+            for artist in [*ax.lines, *filter(None, [ax.get_legend()])]:
+                artist.remove()
+            rounds = max(
+                (run.config.rounds for run in self.runs), default=self._base.rounds
+            )
+            shown = dict(zip(self._labels(), self.runs, strict=True))
+            plot_histories(
+                {label: run.history for label, run in shown.items()},
+                ax,
+                rounds=rounds,
+                colors={label: run.color for label, run in shown.items()},
+                legend=False,
+            )
+            _style(self.curves.figure, self._large)
+            self.curves.push()
+
+    def _strip_axes(self, fig: Figure, colorbar: bool) -> tuple[Any, Any]:
+        """Axes at the same place in the heatmap and the devices figure, so their
+        device columns line up (and room on the right for the colour bar)."""
+        width, height = fig.get_size_inches()
+        font = _FONT[self._large] / 72  # inches
+        left, right = 0.25 + 2.6 * font, 0.45 + 2.4 * font
+        bottom, top = 0.15 + 2.4 * font, 0.12 + 1.8 * font
+        rect = [left / width, bottom / height, 1 - (left + right) / width]
+        rect.append(1 - (bottom + top) / height)
+        ax = fig.add_axes(rect)
+        if not colorbar:
+            return ax, None
+        bar = [(width - right + 0.12) / width, rect[1], 0.13 / width, rect[3]]
+        return ax, fig.add_axes(bar)
 
     def _draw_heatmap(self, cfg: FedConfig) -> None:
-        fig = self.heatmap.figure
-        fig.clear()
-        ax = fig.add_subplot()
-        plot_label_distribution(self._counts, ax)
-        skew = (
-            f", skew={cfg.skew:g}" if cfg.partition in ("dirichlet", "shards") else ""
-        )
-        ax.set_title(
-            f"{cfg.partition}{skew}, {cfg.num_devices} devices", fontsize="medium"
-        )
-        self.heatmap.draw_idle()
+        with self._lock:
+            fig = self.heatmap.figure
+            fig.clear()
+            ax, cax = self._strip_axes(fig, colorbar=True)
+            plot_label_distribution(self._counts, ax, cax=cax)
+            ax.set_title(_partition_title(cfg))
+            _style(fig, self._large)
+            self.heatmap.push()
+
+    def _draw_devices(self, cfg: FedConfig) -> None:
+        """The published model's accuracy on each device (and the twin's, as ticks),
+        in the heatmap's device order."""
+        accuracy, colors = {}, {}
+        for c in (cfg, self._twin(cfg)):
+            if c is not None and c in self._device_accuracy:
+                run = next((r for r in self.runs if r.config == c), None)
+                name = "plain FedAvg" if c is not cfg else "this run"
+                accuracy[name] = self._device_accuracy[c]
+                colors[name] = run.color if run else PALETTE[method_of(c)]
+        with self._lock:
+            fig = self.devices.figure
+            fig.clear()
+            ax, _ = self._strip_axes(fig, colorbar=False)
+            plot_device_strip(accuracy, ax, colors=colors)
+            ax.set_xlim(-0.5, min(cfg.num_devices, 50) - 0.5)
+            if not accuracy:
+                ax.text(
+                    0.5,
+                    0.5,
+                    "Run to see how well the published\nmodel does on each device",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="0.35",
+                )
+            ax.set_title("published model, per device")
+            _style(fig, self._large)
+            self.devices.push()
+
+    def _grey(self, canvas: _Canvas, note: str) -> None:
+        """Cover a figure whose settings no longer hold with a note."""
+        with self._lock:
+            if self._is_greyed(canvas):
+                return
+            fig = canvas.figure
+            veil = Rectangle(
+                (0, 0), 1, 1, transform=fig.transFigure, color="white", alpha=0.8
+            )
+            veil.set_gid("fedlearn-grey")
+            fig.add_artist(veil)
+            fig.text(0.5, 0.5, note, ha="center", va="center", wrap=True, color="0.2")
+            canvas.push()
+
+    @staticmethod
+    def _is_greyed(canvas: _Canvas) -> bool:
+        return any(a.get_gid() == "fedlearn-grey" for a in canvas.figure.artists)
+
+
+def _partition_title(cfg: FedConfig) -> str:
+    devices = f"{cfg.num_devices} devices"
+    if cfg.partition == "dirichlet":
+        return f"dirichlet α={cfg.skew:g} · {devices}"
+    if cfg.partition == "shards":
+        return f"shards: {int(cfg.skew)} per device · {devices}"
+    return f"{cfg.partition} · {devices}"
+
+
+def _style(fig: Figure, large: bool) -> None:
+    """One font size for a figure's labels and titles (ticks a little smaller), and
+    thicker lines on a projector."""
+    size = _FONT[large]
+    for ax in fig.axes:
+        ax.tick_params(labelsize=size * 0.9)
+        for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            text.set_fontsize(size)
+        if large:
+            for line in ax.lines:
+                line.set_linewidth(2.5)
+                line.set_markersize(9)
+    for text in fig.texts:
+        text.set_fontsize(size)
 
 
 class _Canvas(Canvas):
     """ipympl's canvas as a plain picture: no header, footer, toolbar or resize handle
-    (set as defaults, so the browser never draws them before an update arrives)."""
+    (set as defaults, so the browser never draws them before an update arrives).
+
+    Renders hold the panel's lock, whichever thread asks: the browser's requests
+    arrive on the thread that serves widget messages (a subshell in JupyterLab).
+    """
 
     header_visible = Bool(False).tag(sync=True)
     footer_visible = Bool(False).tag(sync=True)
     toolbar_visible = Bool(False).tag(sync=True)
     resizable = Bool(False).tag(sync=True)
 
+    def __init__(self, figure: Figure, lock: threading.RLock) -> None:
+        self._lock = lock
+        super().__init__(figure)
 
-def _canvas(figsize: tuple[float, float]) -> Canvas:
+    def draw(self) -> None:
+        """Render and send the frame, holding the lock."""
+        with self._lock:
+            super().draw()
+
+    on_view: Callable[[], None] | None = None  # called when a browser view is ready
+
+    def _handle_message(self, object: Any, content: dict, buffers: list) -> None:
+        # draw, refresh and resize requests from the browser read or change the figure
+        with self._lock:
+            super()._handle_message(object, content, buffers)
+        if content.get("type") == "initialized" and self.on_view is not None:
+            self.on_view()
+
+    def push(self) -> None:
+        """Send the current picture now if a browser shows the canvas (else there is
+        nobody to send it to: it goes out when a view opens and asks)."""
+        with self._lock:
+            if self.syncing_data_url:  # no front-end has opened the canvas yet
+                self.draw_idle()
+            else:
+                self.draw()
+
+
+def _canvas(lock: threading.RLock, layout: str | None = None) -> _Canvas:
     """An ipympl canvas widget for a new figure, whatever pyplot's backend is."""
-    canvas = _Canvas(Figure(figsize=figsize, dpi=100, layout="constrained"))
+    canvas = _Canvas(Figure(dpi=100, layout=layout), lock)
     with warnings.catch_warnings():  # ipympl's Toolbar trips a traitlets deprecation
         warnings.simplefilter("ignore", DeprecationWarning)
         FigureManager(canvas, 0)
-    canvas.layout.flex = "0 0 auto"  # as wide as the figure, not the row
     return canvas
