@@ -8,10 +8,14 @@ one round at a time, so the kernel keeps serving Stop clicks and the live figure
 click or ``run()`` while a run is in progress only says so.
 
 Threads. JupyterLab 4 sends widget messages to a kernel subshell (its
-``commsOverSubshells`` setting), so ipympl renders a figure on that thread when the
-browser asks, while a run changes the figures on another. One lock, shared by the
-panel's canvases, covers every change to a figure and every render of one; the worker
-thread only trains, and hands its results to the event loop. Each round's frame and
+``commsOverSubshells`` setting), and ipykernel hands each widget's messages to the
+thread that last sent on it: the main shell or that subshell. So the panel's callbacks
+(a slider moved, Run clicked) and ipympl's renders (the browser asks for a frame) can
+run on two threads at once, while a run changes the figures. One lock, shared by the
+panel and its canvases, is held by every callback, every change to a figure and every
+render; the worker thread only trains, and hands its results to the event loop (and
+Stop only sets a flag). The controls' messages are kept on one thread, in the
+browser's order (see ``Playground._keep_messages_in_order``). Each round's frame and
 the final one are pushed to the browser (rendered and sent at once), not left to a
 request that the browser drops while it waits for an earlier image.
 """
@@ -19,6 +23,7 @@ request that the browser drops while it waits for an earlier image.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 import threading
@@ -34,6 +39,11 @@ from ipympl.backend_nbagg import Canvas, FigureManager
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from traitlets import Bool
+
+try:  # in a Jupyter kernel
+    from ipykernel.kernelbase import Kernel
+except ImportError:  # pragma: no cover - the playground needs a kernel to be seen
+    Kernel = None
 
 from . import (
     METHODS,
@@ -74,6 +84,31 @@ MAX_PINNED = len(RUN_COLORS) - MAX_RECENT  # so every run shown has its own colo
 MAX_SEED = 2**53 - 1  # a browser shows integers exactly up to here
 _FONT = {False: 11.0, True: 17.0}  # points, by the "large" setting
 _SCALE = {False: 1.0, True: 1.3}  # figure size
+
+
+def _serial(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a callback holding the panel's lock, with the browser's messages for the
+    controls routed to this thread (see the module docstring)."""
+
+    @functools.wraps(method)
+    def serial(self: Playground, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self._keep_messages_in_order()
+            return method(self, *args, **kwargs)
+
+    return serial
+
+
+_NO_KERNEL = object()
+
+
+def _message_thread() -> Any:
+    """Which shell the kernel message being handled came to: a subshell's id, None
+    for the main shell, or _NO_KERNEL outside a kernel."""
+    if Kernel is None or not Kernel.initialized():
+        return _NO_KERNEL
+    header = Kernel.instance().get_parent().get("header")
+    return _NO_KERNEL if not header else header.get("subshell_id")
 
 
 def _int(low: int, high: int) -> Callable[[int], w.ValueWidget]:
@@ -302,6 +337,11 @@ _CSS = """<style>
   scroll-margin: 8px 0 calc(100vh - 200px) 0; }
 .fedlearn-playground .fedlearn-runs { font-size: var(--jp-widgets-font-size); }
 .fedlearn-runs .fedlearn-run { line-height: 1.5; }
+.fedlearn-playground .fedlearn-info { width: 1.5em; margin: 0 0 0 0.3em; }
+.fedlearn-playground .fedlearn-tip { display: inline-block; width: 1.2em;
+  line-height: 1.2em; border-radius: 50%; text-align: center; cursor: help;
+  font-size: 0.85em; color: var(--jp-ui-font-color2);
+  border: 1px solid var(--jp-border-color1); }
 .fedlearn-runs .fedlearn-swatch { display: inline-block; width: 1.6em; height: 0.3em;
   vertical-align: middle; margin-right: 0.4em; }
 .fedlearn-playground .fedlearn-main { flex: 1 1 420px; min-width: 0;
@@ -348,8 +388,9 @@ class Playground(w.VBox):
             )
         Federation(start, self.data)  # setup errors (the partition, ...) raise here
         self._base = start
-        self._lock = threading.RLock()  # every change to a figure, every render
-        self._claim = threading.Lock()  # guards _busy: one run at a time
+        # Held by every callback, every change to a figure and every render: see the
+        # module docstring.
+        self._lock = threading.RLock()
         self._busy = False
         self.runs: list[Run] = []
         self.history: History | None = None
@@ -363,6 +404,7 @@ class Playground(w.VBox):
         self._quiet = False  # True while the panel sets its own controls
         self._large = False
         self._shown = False  # whether a browser has shown the panel yet
+        self._routed = _message_thread()  # where the controls' messages go
 
         self._build_controls(start)
         self._build_buttons()
@@ -429,6 +471,16 @@ class Playground(w.VBox):
                 control.continuous_update = False
             control.observe(self._on_change, names="value")
         self._skew_slot = w.Box([self.controls["skew"]])
+        # ipywidgets shows no tooltip for a dropdown (or checkbox) with a description:
+        # a ? beside it carries it.
+        self._infos = {
+            name: w.HTML(_info(self._tips[name]))
+            for name, control in self.controls.items()
+            if isinstance(control, w.Dropdown)
+        }
+        for name, info in self._infos.items():
+            self.controls[name].layout.width = "calc(100% - 1.8em)"
+            info.add_class("fedlearn-info")
 
     def _widgets(self) -> list[tuple[str, w.ValueWidget]]:
         """Every control, the skew ones by kind (shown or not)."""
@@ -477,6 +529,9 @@ class Playground(w.VBox):
 
     def _layout(self) -> list[w.Widget]:
         """Buttons and status on top, then the figures, then the controls."""
+        infos = [w.HTML(_info(b.tooltip)) for b in (self.compare, self.large)]
+        for info in infos:
+            info.add_class("fedlearn-info")
         bar = w.HBox(
             [
                 self.run_button,
@@ -484,7 +539,9 @@ class Playground(w.VBox):
                 self.clear_button,
                 self.pin_button,
                 self.compare,
+                infos[0],
                 self.large,
+                infos[1],
             ],
             layout=w.Layout(flex_flow="row wrap", align_items="center"),
         )
@@ -497,6 +554,10 @@ class Playground(w.VBox):
         for title, names in CONTROLS.items():
             items = [
                 self._skew_slot if n == "skew" else self.controls[n] for n in names
+            ]
+            items = [
+                w.HBox([item, self._infos[n]]) if n in self._infos else item
+                for n, item in zip(names, items, strict=True)
             ]
             groups.append(
                 w.VBox(
@@ -513,6 +574,27 @@ class Playground(w.VBox):
             w.HBox(groups, layout=w.Layout(flex_flow="row wrap")),
         ]
 
+    def _keep_messages_in_order(self) -> None:
+        """Have the browser's messages for every control come to this thread.
+
+        ipykernel hands a widget's messages to the thread that last sent on it (the
+        main shell, or the subshell JupyterLab uses for widgets). Left alone, a
+        slider moved just before a Run click could be handled after it, on the other
+        thread, and the run would use the old value. A no-op update on each control
+        from here routes them all to one thread, in the browser's order.
+        """
+        where = _message_thread()
+        if where is _NO_KERNEL or where == self._routed:
+            return
+        self._routed = where
+        for _, control in self._widgets():
+            control.send_state("_view_count")
+        for widget in (self.run_button, self.stop_button, self.clear_button):
+            widget.send_state("_view_count")
+        for widget in (self.pin_button, self.compare, self.large):
+            widget.send_state("_view_count")
+
+    @_serial
     def _bring_into_view(self) -> None:
         """Scroll the panel into view the first time a browser shows it (after Run
         All, JupyterLab has scrolled to its cell before the panel appeared below):
@@ -538,6 +620,7 @@ class Playground(w.VBox):
         except ValueError:
             return None
 
+    @_serial
     def _on_change(self, change: Any = None) -> None:
         """Check the new settings; show what they do, or what to change."""
         if self._quiet:
@@ -574,6 +657,8 @@ class Playground(w.VBox):
             reason = why.get("skew" if name in SKEW else name)
             control.disabled = reason is not None
             control.tooltip = f"Has no effect now: {reason}. {tip}" if reason else tip
+            if name in self._infos:
+                self._infos[name].value = _info(control.tooltip)
 
     def _invalid(self, err: Exception) -> None:
         """Settings that cannot run: say what to change, grey out what is stale."""
@@ -657,6 +742,7 @@ class Playground(w.VBox):
         """End the run after the round in progress; what it computed stays."""
         self._stop_requested = True
 
+    @_serial
     def clear(self) -> None:
         """Stop, and remove every run from the plot (cached results stay cached)."""
         self.stop()
@@ -667,16 +753,16 @@ class Playground(w.VBox):
         self._show_runs()
         self.status.value = "cleared"
 
+    @_serial
     def _start(self) -> list[Federation] | None:
         """Claim the panel, put the run (and its plain-FedAvg twin) on the plot, and
         return what to train; None if a run is in progress or the settings clash."""
-        with self._claim:
-            if self._busy:
-                self._notice(
-                    "A run is in progress: wait for it to end, or press Stop first."
-                )
-                return None
-            self._busy = True
+        if self._busy:
+            self._notice(
+                "A run is in progress: wait for it to end, or press Stop first."
+            )
+            return None
+        self._busy = True
         try:
             cfg = self.config
             configs = [cfg, *filter(None, [self._twin(cfg)])]
@@ -687,12 +773,13 @@ class Playground(w.VBox):
             }
         except ValueError as err:
             self._show_error(err)
-            with self._claim:
-                self._busy = False
+            self._busy = False
             return None
         self._show_error(None)
         self._stopped.update(feds)
-        histories = {c: self._cache.get(c) or feds[c].history for c in configs}
+        histories = {
+            c: self._cache[c] if c in self._cache else feds[c].history for c in configs
+        }
         self._put_on_plot(histories)
         self.history = histories[cfg]
         self._stop_requested = False
@@ -719,6 +806,7 @@ class Playground(w.VBox):
             fed.step()
         return True
 
+    @_serial
     def _finish(self, feds: list[Federation]) -> None:
         try:
             for fed in feds:
@@ -735,9 +823,9 @@ class Playground(w.VBox):
             except ValueError:  # the controls moved to invalid settings meanwhile
                 pass
         finally:
-            with self._claim:
-                self._busy = False
+            self._busy = False
 
+    @_serial
     def _show_progress(self, done: bool = False) -> None:
         """Redraw the curves and the run list; say how far the current run is."""
         self._draw_curves()
@@ -776,7 +864,10 @@ class Playground(w.VBox):
         recent = [run for run in others if run.config not in self._pinned]
         dropped = {id(run) for run in recent[: max(0, len(recent) - free)]}
         kept = [run for run in others if id(run) not in dropped]
-        used = {run.color for run in kept}
+        # Runs shown already keep their colour; new ones take a colour none has.
+        used = {run.color for run in kept} | {
+            shown[cfg].color for cfg in histories if cfg in shown
+        }
         new = []
         for cfg, history in histories.items():
             color = shown[cfg].color if cfg in shown else self._free_color(cfg, used)
@@ -792,6 +883,7 @@ class Playground(w.VBox):
             return preferred
         return next(c for c in RUN_COLORS if c not in used)
 
+    @_serial
     def pin(self, pinned: bool = True) -> None:
         """Keep the current run on the plot (``pinned=False`` lets it go again)."""
         run = self._current_run()
@@ -839,6 +931,7 @@ class Playground(w.VBox):
 
     # -- figures --------------------------------------------------------------
 
+    @_serial
     def _on_large(self, change: Any) -> None:
         """Bigger fonts and figures for a projector (or back)."""
         self._large = bool(change.new)
@@ -871,6 +964,11 @@ class Playground(w.VBox):
                 (run.config.rounds for run in self.runs), default=self._base.rounds
             )
             shown = dict(zip(self._labels(), self.runs, strict=True))
+            current = self._current_run()
+            shown = {  # the current run last, so on top of the others
+                label: run
+                for label, run in sorted(shown.items(), key=lambda x: x[1] is current)
+            }
             plot_histories(
                 {label: run.history for label, run in shown.items()},
                 ax,
@@ -955,6 +1053,10 @@ class Playground(w.VBox):
         return any(a.get_gid() == "fedlearn-grey" for a in canvas.figure.artists)
 
 
+def _info(tip: str) -> str:
+    return f'<span class="fedlearn-tip" title="{escape(tip)}">?</span>'
+
+
 def _partition_title(cfg: FedConfig) -> str:
     devices = f"{cfg.num_devices} devices"
     if cfg.partition == "dirichlet":
@@ -998,8 +1100,14 @@ class _Canvas(Canvas):
         super().__init__(figure)
 
     def draw(self) -> None:
-        """Render and send the frame, holding the lock."""
+        """Render and send the frame, holding the lock.
+
+        Always a full frame, never a diff: the browser keeps one image loading, so
+        a frame that arrives right after another replaces it unseen, and a lost diff
+        would leave the picture half old.
+        """
         with self._lock:
+            self._force_full = True
             super().draw()
 
     on_view: Callable[[], None] | None = None  # called when a browser view is ready

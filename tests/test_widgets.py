@@ -413,6 +413,7 @@ def test_each_round_and_the_final_frame_are_pushed_to_a_watching_browser(
     frames = []  # points on the curve in each frame sent to the browser
 
     def send_binary(data):
+        assert pg.curves._current_image_mode == "full"  # never a diff: see draw()
         frames.append(len(lines(pg)[0][0]) if pg._curves_ax.lines else 0)
 
     monkeypatch.setattr(pg.curves, "send_binary", send_binary)
@@ -469,6 +470,62 @@ def test_a_render_on_another_thread_and_a_change_never_overlap(
     assert opaque == [True]
 
 
+def test_a_change_on_another_thread_waits_for_the_run_to_end(pg, monkeypatch):
+    """JupyterLab may deliver a slider's messages on another thread than the Run
+    button's: the change must not slip into the middle of the end of a run."""
+    ending, go_on = threading.Event(), threading.Event()
+    device_accuracy = fl.Federation.device_accuracy
+
+    def slow_device_accuracy(fed):  # inside the end of the run
+        ending.set()
+        go_on.wait(timeout=2)
+        return device_accuracy(fed)
+
+    monkeypatch.setattr(fl.Federation, "device_accuracy", slow_device_accuracy)
+    runner = threading.Thread(target=pg.run)
+    runner.start()
+    assert ending.wait(timeout=60)
+    control = pg.controls["shared_fraction"]
+    changer = threading.Thread(target=setattr, args=(control, "value", 0.0))
+    changer.start()
+    changer.join(timeout=0.5)  # it waits, or slips in now
+    go_on.set()
+    for thread in (runner, changer):
+        thread.join(timeout=60)
+    assert not pg.running and "server_steps must be 0" in pg.error.value
+    assert pg.status.value == "" and greyed(pg.heatmap)  # the change came last
+
+
+def test_controls_messages_are_routed_to_the_thread_of_each_callback(pg, monkeypatch):
+    """ipykernel sends a widget's messages to the thread that last sent on it: the
+    panel sends on every control from the thread of a callback that came from
+    elsewhere, so a slider moved just before Run is not handled after it."""
+    sent = []
+    where = ["subshell-1"]
+    monkeypatch.setattr(widgets, "_message_thread", lambda: where[0])
+    for _, control in pg._widgets():
+        monkeypatch.setattr(
+            control,
+            "send_state",
+            lambda key=None, c=control: key == "_view_count" and sent.append(c),
+        )
+    pg.controls["seed"].value = 1  # a message from the browser, on a subshell
+    assert {id(c) for _, c in pg._widgets()} <= {id(c) for c in sent}
+    count = len(sent)
+    pg.controls["seed"].value = 2  # the same thread: nothing to do
+    assert len(sent) == count
+    where[0] = None  # a cell, on the main shell
+    pg.controls["seed"].value = 3
+    assert len(sent) > count
+
+
+def test_the_current_run_is_drawn_on_top(pg):
+    pg.compare.value = True
+    pg.run()
+    solid = [ln for ln in pg._curves_ax.lines if ln.get_marker() == "."]
+    assert solid[-1].get_color() == pg.runs[0].color  # the run, over its twin
+
+
 def test_first_view_brings_the_panel_into_view_once(pg, monkeypatch):
     focused = []
     monkeypatch.setattr(pg.run_button, "focus", lambda: focused.append(1))
@@ -508,6 +565,22 @@ def test_plot_stays_readable_after_twelve_runs(data):
     assert len(set(colours_drawn)) == len(pg.runs)
     assert pg.run_list.value.count('class="fedlearn-run"') == len(pg.runs)
     assert "pinned" in pg.run_list.value
+
+
+def test_a_run_shown_again_keeps_its_colour_and_no_new_run_takes_it(data):
+    pg = widgets.Playground(data, **{**SMALL, "rounds": 2, **fl.METHODS["feddu"]})
+    pg.compare.value = True
+    pg.run()  # FedDU (blue) and plain FedAvg (black)
+    pg.controls["partition"].value = "shards"
+    pg.run()  # FedDU again: the next free colour; its plain FedAvg too
+    twin = pg.runs[-1]
+    assert twin.color not in (plots.PALETTE["fedavg"], plots.PALETTE["feddu"])
+    pg.controls["server_schedule"].value = "fixed"
+    pg.controls["shared_use"].value = "hybrid"
+    pg.run()  # Hybrid-FL, with the same plain-FedAvg twin as before
+    assert pg.runs[-1] is not twin and pg.runs[-1].config == twin.config
+    assert pg.runs[-1].color == twin.color
+    assert len({run.color for run in pg.runs}) == len(pg.runs)
 
 
 def test_pins_are_capped_so_colours_stay_distinct(data):
