@@ -83,7 +83,12 @@ MAX_RECENT = 6  # unpinned runs kept on the plot
 MAX_PINNED = len(RUN_COLORS) - MAX_RECENT  # so every run shown has its own colour
 MAX_SEED = 2**53 - 1  # a browser shows integers exactly up to here
 _FONT = {False: 11.0, True: 17.0}  # points, by the "large" setting
-_SCALE = {False: 1.0, True: 1.3}  # figure size
+# Inches of the curves, the heatmap and the devices' strip; "large" is wider than tall,
+# as the curves then take the panel's whole width on a 1024x768 projector.
+_SIZES = {
+    False: [(5.6, 3.5), (3.8, 2.7), (3.8, 1.9)],
+    True: [(7.3, 4.0), (4.9, 3.5), (4.9, 2.5)],
+}
 
 
 def _serial(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -945,13 +950,13 @@ class Playground(w.VBox):
         self._on_change()
 
     def _size_figures(self) -> None:
-        scale = _SCALE[self._large]
-        sizes = [(5.6, 3.5), (3.8, 2.7), (3.8, 1.9)]
         with self._lock:
-            for canvas, (width, height) in zip(
-                (self.curves, self.heatmap, self.devices), sizes, strict=True
+            for canvas, size in zip(
+                (self.curves, self.heatmap, self.devices),
+                _SIZES[self._large],
+                strict=True,
             ):
-                canvas.figure.set_size_inches(width * scale, height * scale)
+                canvas.figure.set_size_inches(size)
                 canvas.manager.resize(*canvas.figure.bbox.size)
 
     def _draw_curves(self) -> None:
