@@ -14,7 +14,7 @@ derived from ``(seed, stream, round)`` (see :mod:`fedlearn_lab.seeding`), so the
 config and the round number fix everything that follows. Zip keeps a CRC-32 of each
 member and reading checks it, so a corrupted, truncated or foreign file raises
 ``ValueError`` naming the file and nothing is half-loaded. A file that reads but was
-edited is refused too (:func:`_check_saved`): malformed data, partitions that overlap
+edited is refused too (:func:`_problem`): malformed data, partitions that overlap
 or miss samples, a config that does not give the saved split, or a global model that
 does not fit it. Members are stored, not compressed, so none can be larger than the
 file; their declared sizes are checked before anything is read (no zip bombs). Each
@@ -153,31 +153,7 @@ def _rebuild(
     shared_indices = payload["shared_indices"]
     state = ServerState(**payload["state"])
     history = History([RoundRecord(**r) for r in payload["history"]])
-    _check_saved(
-        path, cfg, data, device_indices, shared_indices, state, history, derived
-    )
-    setup = dataclasses.replace(
-        derived, device_indices=device_indices, shared_indices=shared_indices
-    )
-    return setup, state, history
-
-
-def _check_saved(
-    path: Path,
-    cfg: FedConfig,
-    data: Dataset,
-    device_indices: list[Any],
-    shared_indices: Any,
-    state: Any,
-    history: History,
-    derived: Any,
-) -> None:
-    """Refuse a checkpoint whose parts do not make one valid run.
-
-    ``derived`` is what the config makes of the data (``make_setup``): its
-    ``device_indices``, ``shared_indices`` and ``model``. Raises
-    :class:`CheckpointError` naming ``path`` and what is wrong.
-    """
+    # derived: what the config makes of the data, to compare the saved split with.
     problem = _problem(
         cfg, data, device_indices, shared_indices, state, history, derived
     )
@@ -185,6 +161,10 @@ def _check_saved(
         raise CheckpointError(
             f"{path} is not a valid fedlearn_lab checkpoint: {problem}"
         )
+    setup = dataclasses.replace(
+        derived, device_indices=device_indices, shared_indices=shared_indices
+    )
+    return setup, state, history
 
 
 def _problem(
@@ -196,6 +176,7 @@ def _problem(
     history: History,
     derived: Any,
 ) -> str | None:
+    """What makes the checkpoint's parts not one valid run, or None."""
     try:
         check_dataset(data, name="the saved data")
     except (TypeError, ValueError) as err:
