@@ -91,6 +91,12 @@ def test_runners_reject_bad_arguments_before_starting_anything(tmp_path):
         run_simulations([cfg, cfg], model_outs=[None])
     with pytest.raises(ValueError, match="timeout"):
         run_processes(cfg, timeout=0)
+    with pytest.raises(ValueError, match="round_timeout"):
+        run_processes(cfg, round_timeout=-1)
+    with pytest.raises(ValueError, match="mode"):
+        run_processes(cfg, mode="production")
+    with pytest.raises(ValueError, match="mode"):
+        run_simulation(cfg, mode="production")
     with pytest.raises(ValueError, match="app_dir"):
         run_processes(cfg, app_dir=tmp_path)
     with pytest.raises(ValueError, match="dataset"):

@@ -10,12 +10,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import (
     ArrayRecord,
@@ -27,10 +30,10 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from ..aggregation import validate_update
 from ..config import FedConfig
 from ..data import Dataset, load_dataset
 from ..history import History, RoundRecord
@@ -38,11 +41,40 @@ from ..publish import save_model
 from ..rounds import RoundPlan, finish_round, plan_round, train_device
 from ..scaffold import corrections
 from ..state import Setup, make_setup
-from ..weights import stack
+from ..weights import Weights, stack
+from .contract import (
+    ARRAYS,
+    CONFIG,
+    CORRECTION,
+    ERROR,
+    METRICS,
+    TIMEOUT,
+    Refused,
+    label_counts_of,
+    read_reply,
+    train_config,
+    wants_label_counts,
+)
+from .deploy import (
+    ServerSetup,
+    device_data,
+    load_server_data,
+    server_data_of,
+    server_setup,
+    train_own,
+)
 
 OnRound = Callable[[RoundRecord], None]
 #: Run-config keys of the Flower app that are not ``FedConfig`` fields.
-APP_KEYS = ("config-path", "dataset", "out-path", "model-path")
+APP_KEYS = (
+    "config-path",
+    "dataset",
+    "out-path",
+    "model-path",
+    "mode",
+    "server-data",
+    "round-timeout",
+)
 
 
 _SETUPS: dict[tuple[str, FedConfig], Setup] = {}
@@ -58,20 +90,23 @@ def _setup(cfg: FedConfig, key: str, data: Dataset | str) -> Setup:
     return _SETUPS[key, cfg]
 
 
-def _device_id(context: Context) -> int:
-    if "partition-id" not in context.node_config:
-        raise ValueError(
-            "a SuperNode must be started with --node-config 'partition-id=K "
-            "num-partitions=N': device K is the node with partition-id K"
-        )
-    return int(context.node_config["partition-id"])
+def _device_id(context: Context) -> int | None:
+    """The device id a node is started with (node config ``partition-id``, or
+    ``device-id``), or None."""
+    for key in ("device-id", "partition-id"):
+        if key in context.node_config:
+            return int(context.node_config[key])
+    return None
 
 
 def client_app(data: Dataset | None = None) -> ClientApp:
-    """The devices' ClientApp: device ``partition-id`` trains on its own partition.
+    """fedlearn_lab's ClientApp, for both modes (the message's ``mode`` says which).
 
-    ``data`` is the whole dataset (each device keeps its partition of it); ``None``
-    loads the one the server names (``"digits"`` or ``"synthetic:ALPHA,BETA"``).
+    Lab mode: device ``partition-id`` derives the round from the seed and trains
+    on its partition of ``data`` (the whole dataset; ``None`` loads the one the
+    server names, ``"digits"`` or ``"synthetic:ALPHA,BETA"``), as in-process.
+    Deployment mode: the device loads only its own data, the file its node config
+    names (``data-path``) or else its partition, and trains with its own stream.
     """
     # Names the data in each worker's setup cache (the app reaches workers pickled).
     key = uuid.uuid4().hex if data is not None else ""
@@ -79,34 +114,60 @@ def client_app(data: Dataset | None = None) -> ClientApp:
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        info = MetricRecord({"device-id": _device_id(context)})
+        device = _device_id(context)
+        info = MetricRecord({} if device is None else {"device-id": device})
         return Message(RecordDict({"device": info}), reply_to=msg)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        config = msg.content["config"]
+        config = msg.content[CONFIG]
         cfg = FedConfig.from_dict(json.loads(str(config["fed-config"])))
-        name = str(config["dataset"])
-        setup = _setup(cfg, key or name, data if data is not None else name)
-        device = _device_id(context)
-        weights = dict(msg.content["arrays"].to_torch_state_dict())
-        # The device derives the round's plan from the seed, as the server does:
-        # whether it is malicious (then it attacks), and its minibatches.
-        plan = plan_round(setup, int(config["round-idx"]))
+        name, device = str(config["dataset"]), int(config["device-id"])
+        weights = dict(msg.content[ARRAYS].to_torch_state_dict())
         correction = None  # SCAFFOLD's c - c_i, sent to this device alone
-        if "correction" in msg.content:
-            correction = dict(msg.content["correction"].to_torch_state_dict())
-        new, loss = train_device(setup, weights, plan, device, correction)
-        metrics = {
-            "num-examples": len(setup.device_indices[device]),
-            "train-loss": loss,
-        }
-        content = RecordDict(
-            {"arrays": ArrayRecord(new), "metrics": MetricRecord(metrics)}
-        )
+        if CORRECTION in msg.content:
+            correction = dict(msg.content[CORRECTION].to_torch_state_dict())
+        metrics = {}
+        if str(config["mode"]) == "deployment":
+            own = _own_data(context, cfg, key or name, data, device)
+            new, loss = train_own(
+                cfg,
+                weights,
+                own,
+                round_idx=int(config["round-idx"]),
+                device_id=device,
+                input_shape=tuple(config["input-shape"]),
+                num_classes=int(config["num-classes"]),
+                correction=correction,
+            )
+            if config["label-counts"]:
+                counts = label_counts_of(own[1].numpy(), int(config["num-classes"]))
+                metrics["label-counts"] = counts
+            num_examples = len(own[1])
+        else:
+            setup = _setup(cfg, key or name, data if data is not None else name)
+            # The device derives the round's plan from the seed, as the server
+            # does: whether it is malicious (then it attacks), and its minibatches.
+            plan = plan_round(setup, int(config["round-idx"]))
+            new, loss = train_device(setup, weights, plan, device, correction)
+            num_examples = setup.train_sizes[device]
+        metrics |= {"num-examples": num_examples, "train-loss": loss}
+        content = RecordDict({ARRAYS: ArrayRecord(new), METRICS: MetricRecord(metrics)})
         return Message(content, reply_to=msg)
 
     return app
+
+
+def _own_data(
+    context: Context, cfg: FedConfig, key: str, data: Dataset | None, device: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deployed device's data: the file its node config names (``data-path``),
+    or else its partition of the dataset."""
+    if path := str(context.node_config.get("data-path", "")):
+        return device_data(path)
+    setup = _setup(cfg, key, data if data is not None else key)
+    idx = setup.device_indices[device]
+    return setup.data.x_train[idx], setup.data.y_train[idx]
 
 
 class ServerAdjustFedAvg(FedAvg):
@@ -116,16 +177,31 @@ class ServerAdjustFedAvg(FedAvg):
     (screening, aggregation by ``cfg.aggregator``, the server adjustment, evaluation
     and the record), the same code as in-process.
 
+    A device that fails is part of the round, as in-process: an error reply or no
+    reply within the round's timeout makes it lost (``"error"``, ``"timeout"``); a
+    reply that breaks the message contract is rejected with the reason
+    (:func:`fedlearn_lab.flower.contract.read_reply`). The round goes on with the
+    rest. In deployment mode (``setup`` a
+    :class:`~fedlearn_lab.flower.deploy.ServerSetup`) the replies' reports are all
+    the server knows of the devices' data.
+
     ``nodes`` maps device ids to Flower node ids. The rounds' records gather in
     ``history``; ``on_round(record)`` is called after each.
     """
 
     def __init__(
-        self, setup: Setup, nodes: dict[int, int], on_round: OnRound | None = None
+        self,
+        setup: Setup,
+        nodes: dict[int, int],
+        on_round: OnRound | None = None,
+        *,
+        dataset: str = "digits",
     ) -> None:
         super().__init__(fraction_evaluate=0.0, min_available_nodes=len(nodes))
         self.setup, self.nodes, self.on_round = setup, nodes, on_round
         self.devices = {node: k for k, node in nodes.items()}
+        self.mode = "deployment" if isinstance(setup, ServerSetup) else "lab"
+        self.dataset = dataset
         self.state = setup.initial_state()
         self.history = History()
         self._round: tuple[RoundPlan, float] | None = None  # the plan, start time
@@ -143,64 +219,51 @@ class ServerAdjustFedAvg(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Send the global weights to the devices of the round's plan that return
-        (a lost device is never asked: its reply would be discarded); under SCAFFOLD
-        each also gets its correction c - c_i."""
+        """Send the global weights and the contract's config to each device of the
+        round's plan that returns (a lost device is never asked: its reply would be
+        discarded); under SCAFFOLD each also gets its correction c - c_i."""
         if self.finished:
             return []
         plan = plan_round(self.setup, self.state.round_idx + 1)
         self._round = (plan, time.perf_counter())
-        config["round-idx"] = plan.round_idx
-        content = {self.arrayrecord_key: arrays, self.configrecord_key: config}
-        nodes = [self.nodes[int(k)] for k in plan.returned]
-        if not self.setup.cfg.scaffold:
-            return self._construct_messages(
-                RecordDict(content), nodes, MessageType.TRAIN
+        data = self.setup.data
+        rows = None
+        if self.setup.cfg.scaffold:
+            rows = corrections(*self.state.controls, plan.returned)
+        messages = []
+        for row, k in enumerate(int(k) for k in plan.returned):
+            config = train_config(
+                self.setup.cfg,
+                round_idx=plan.round_idx,
+                device_id=k,
+                mode=self.mode,
+                dataset=self.dataset,
+                num_classes=data.num_classes,
+                input_shape=data.input_shape,
             )
-        rows = corrections(*self.state.controls, plan.returned)
-        return [
-            message
-            for row, node in enumerate(nodes)
-            for message in self._construct_messages(
-                RecordDict(
-                    {
-                        **content,
-                        "correction": ArrayRecord({k: v[row] for k, v in rows.items()}),
-                    }
-                ),
-                [node],
-                MessageType.TRAIN,
+            content = {self.arrayrecord_key: arrays, CONFIG: config}
+            if rows is not None:
+                content[CORRECTION] = ArrayRecord({n: v[row] for n, v in rows.items()})
+            messages += self._construct_messages(
+                RecordDict(content), [self.nodes[k]], MessageType.TRAIN
             )
-        ]
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The core's server side over the replies in device order."""
+        """The core's server side over the replies that arrived, in device order."""
         if self._round is None:
             return None, None
         (plan, started), self._round = self._round, None
-        ordered = self._in_device_order(list(replies), plan)
-        rows = [dict(m.content["arrays"].to_torch_state_dict()) for m in ordered]
-        for device, row in zip(plan.returned, rows, strict=True):
-            if (reason := validate_update(row, self.state.weights)) not in (
-                None,
-                "non-finite",
-            ):
-                raise RuntimeError(
-                    f"device {device} sent malformed weights in round "
-                    f"{plan.round_idx} ({reason})"
-                )
-        updates = (
-            stack(rows)
-            if rows
-            else {k: v.new_empty(0, *v.shape) for k, v in self.state.weights.items()}
-        )
-        losses = torch.tensor(
-            [float(m.content["metrics"]["train-loss"]) for m in ordered]
-        )
+        plan, updates, losses, refused = self._read(list(replies), plan)
         self.state, record = finish_round(self.state, self.setup, plan, updates, losses)
-        record = dataclasses.replace(record, seconds=time.perf_counter() - started)
+        failures = {**dict(record.failures), **refused}  # the true reasons
+        record = dataclasses.replace(
+            record,
+            seconds=time.perf_counter() - started,
+            failures=tuple(sorted(failures.items())),
+        )
         self.history.append(record)
         if self.on_round is not None:
             self.on_round(record)
@@ -211,29 +274,71 @@ class ServerAdjustFedAvg(FedAvg):
         }
         return ArrayRecord(self.state.weights), MetricRecord(metrics)
 
-    def _in_device_order(
+    def _read(
         self, replies: list[Message], plan: RoundPlan
-    ) -> list[Message]:
+    ) -> tuple[RoundPlan, Weights, torch.Tensor, dict[int, str]]:
+        """The round's plan as it turned out (devices that failed are lost), the
+        returned updates stacked in device order with their losses, and the
+        devices whose reply was refused, with the reason. A refused reply's row is
+        NaN, so the round's screening leaves it out."""
+        asked = [int(k) for k in plan.returned]
+        by_device = {}
         for reply in replies:
-            if reply.has_error():
-                device = self.devices.get(reply.metadata.src_node_id)
-                raise RuntimeError(
-                    f"device {device} failed in round {plan.round_idx}: "
-                    f"{reply.error.reason}"
+            k = self.devices.get(reply.metadata.src_node_id)
+            if k in asked and k not in by_device:
+                by_device[k] = reply
+        lost, refused = dict(plan.lost), {}
+        returned, rows, losses = [], [], []
+        wants = wants_label_counts(self.setup.cfg)
+        for k in asked:
+            reply = by_device.get(k)
+            if reply is None or reply.has_error():
+                lost[k] = TIMEOUT if reply is None else ERROR
+                why = "no reply in time" if reply is None else reply.error.reason
+                log(WARNING, "round %s: device %s lost: %s", plan.round_idx, k, why)
+                continue
+            try:
+                row, loss, report = read_reply(
+                    reply,
+                    self.state.weights,
+                    num_classes=self.setup.data.num_classes,
+                    label_counts=wants and self.mode == "deployment",
                 )
-        by_device = {self.devices[m.metadata.src_node_id]: m for m in replies}
-        if sorted(by_device) != [int(k) for k in plan.returned]:
-            raise RuntimeError(
-                f"round {plan.round_idx}: devices {list(plan.returned)} were asked "
-                f"but {sorted(by_device)} replied"
-            )
-        return [by_device[int(k)] for k in plan.returned]
+            except Refused as err:
+                refused[k] = err.reason
+                log(WARNING, "round %s: device %s refused: %s", plan.round_idx, k, err)
+                row = {
+                    n: torch.full_like(v, math.nan)
+                    for n, v in self.state.weights.items()
+                }
+                loss, report = math.nan, None
+            if self.mode == "deployment" and report is not None:
+                self.setup.reports[k] = report
+            returned.append(k)
+            rows.append(row)
+            losses.append(loss)
+        ids = np.array(returned, dtype=plan.returned.dtype)
+        plan = dataclasses.replace(
+            plan,
+            returned=ids,
+            lost=lost,
+            malicious=plan.malicious[np.isin(plan.malicious, ids)],
+        )
+        updates = (
+            stack(rows)
+            if rows
+            else {k: v.new_empty(0, *v.shape) for k, v in self.state.weights.items()}
+        )
+        return plan, updates, torch.tensor(losses), refused
 
 
 def find_devices(grid: Grid, num_devices: int, timeout: float) -> dict[int, int]:
-    """Device id -> Flower node id, asking each connected node for its ``partition-id``.
+    """Device id -> Flower node id, once ``num_devices`` nodes have connected (waits
+    up to ``timeout`` seconds).
 
-    Waits up to ``timeout`` seconds for ``num_devices`` nodes to connect.
+    Each node is asked (a QUERY message) for the id it was started with (node config
+    ``partition-id`` or ``device-id``). The query is optional: nodes that do not
+    answer it, or answer without an id, take the ids left, in node id order.
     """
     deadline = time.monotonic() + timeout
     while len(node_ids := sorted(grid.get_node_ids())) < num_devices:
@@ -243,23 +348,29 @@ def find_devices(grid: Grid, num_devices: int, timeout: float) -> dict[int, int]
                 f"within {timeout:g} s"
             )
         time.sleep(0.1)
+    if len(node_ids) > num_devices:
+        raise RuntimeError(
+            f"{len(node_ids)} nodes connected for a run of {num_devices} devices"
+        )
     queries = [
         Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
         for node in node_ids
     ]
     nodes = {}
     for reply in grid.send_and_receive(queries, timeout=timeout):
-        if reply.has_error():
-            raise RuntimeError(
-                f"node {reply.metadata.src_node_id}: {reply.error.reason}"
-            )
-        nodes[int(reply.content["device"]["device-id"])] = reply.metadata.src_node_id
-    missing = sorted(set(range(num_devices)) - set(nodes))
-    if missing or len(nodes) != len(node_ids):
-        raise RuntimeError(
-            f"nodes must hold distinct partition ids covering 0..{num_devices - 1}; "
-            f"missing {missing}, found {sorted(nodes)}"
-        )
+        info = None if reply.has_error() else reply.content.get("device")
+        if info is not None and "device-id" in info:
+            k = int(info["device-id"])
+            if not 0 <= k < num_devices or k in nodes:
+                raise RuntimeError(
+                    f"nodes must hold distinct device ids in 0..{num_devices - 1}; "
+                    f"node {reply.metadata.src_node_id} says {k}"
+                )
+            nodes[k] = reply.metadata.src_node_id
+    free = iter(sorted(set(range(num_devices)) - set(nodes)))
+    for node in node_ids:
+        if node not in nodes.values():
+            nodes[next(free)] = node
     return nodes
 
 
@@ -271,25 +382,23 @@ def serve(
     dataset: str,
     on_round: OnRound | None = None,
     model_out: str | Path | None = None,
-    timeout: float = 600.0,
+    round_timeout: float = 600.0,
 ) -> History:
     """Run one experiment on ``grid``, device ``k`` being node ``nodes[k]``; returns its
     history and, if ``model_out`` is set, saves the published model there
     (:func:`fedlearn_lab.save_model`). ``dataset`` names the data for devices that
-    load it themselves (``"digits"``, ``"synthetic:ALPHA,BETA"``)."""
+    load it themselves (``"digits"``, ``"synthetic:ALPHA,BETA"``); a device whose
+    reply has not come ``round_timeout`` seconds after the round's messages went
+    out is lost."""
     cfg = setup.cfg
     strategy = ServerAdjustFedAvg(
-        setup, {k: nodes[k] for k in range(cfg.num_devices)}, on_round
-    )
-    train_config = ConfigRecord(
-        {"fed-config": json.dumps(cfg.to_dict()), "dataset": dataset}
+        setup, {k: nodes[k] for k in range(cfg.num_devices)}, on_round, dataset=dataset
     )
     strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(strategy.state.weights),
         num_rounds=cfg.rounds,
-        timeout=timeout,
-        train_config=train_config,
+        timeout=round_timeout,
     )
     if model_out is not None:
         model = copy.deepcopy(setup.model)
@@ -311,24 +420,61 @@ def config_from_run_config(run_config: dict[str, Any]) -> FedConfig:
 
 
 def server_app() -> ServerApp:
-    """The ServerApp of ``flwr run``, set by its run config (see the example app):
-    ``config-path`` or field keys, ``dataset``, and where to write the history as JSON
-    (``out-path``) and the published model (``model-path``)."""
+    """The ServerApp of ``flwr run``, set by its run config (see the example apps):
+    ``config-path`` or field keys; ``mode``, ``"lab"`` or ``"deployment"``; the
+    data: ``dataset`` (a name), and in deployment mode ``server-data`` (a
+    ``server.npz`` of :func:`~fedlearn_lab.flower.deploy.write_data_files`; if empty,
+    the shared dataset and test set of ``dataset``); ``round-timeout`` (seconds);
+    where to write the history as JSON (``out-path``, rewritten after each round) and
+    the published model (``model-path``)."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         run = dict(context.run_config)
         cfg = config_from_run_config(run)
-        dataset = str(run.get("dataset", "digits"))
-        setup = make_setup(cfg, load_dataset(dataset, cfg.seed))
+        setup, dataset = run_setup(cfg, run)
         nodes = find_devices(grid, cfg.num_devices, timeout=600.0)
-        model_out = str(run.get("model-path", "")) or None
-        history = serve(grid, setup, nodes, dataset=dataset, model_out=model_out)
-        if run.get("out-path"):
-            save_history(history, Path(str(run["out-path"])))
+        out = Path(str(run["out-path"])) if run.get("out-path") else None
+        history = serve(
+            grid,
+            setup,
+            nodes,
+            dataset=dataset,
+            on_round=None if out is None else _saving(out),
+            model_out=str(run.get("model-path", "")) or None,
+            round_timeout=float(run.get("round-timeout", 600.0)),
+        )
+        if out is not None:
+            save_history(history, out)
 
     return app
+
+
+def run_setup(cfg: FedConfig, run: dict[str, Any]) -> tuple[Setup, str]:
+    """The server's setup for a run config, and the name of its dataset."""
+    mode, dataset = str(run.get("mode", "lab")), str(run.get("dataset", "digits"))
+    if mode not in ("lab", "deployment"):
+        raise ValueError(f"mode must be 'lab' or 'deployment', got {mode!r}")
+    if mode == "lab":
+        return make_setup(cfg, load_dataset(dataset, cfg.seed)), dataset
+    if run.get("server-data"):
+        data = load_server_data(str(run["server-data"]))
+    else:  # the named dataset's shared part and test set; the rest is dropped
+        data = server_data_of(make_setup(cfg, load_dataset(dataset, cfg.seed)))
+    return server_setup(cfg, data), dataset
+
+
+def _saving(path: Path) -> OnRound:
+    """Rewrite the history at ``path`` after each round (a crash keeps the rounds)."""
+    history = History()
+
+    def on_round(record: RoundRecord) -> None:
+        history.append(record)
+        partial = path.with_name(path.name + ".partial")
+        save_history(history, partial).replace(path)
+
+    return on_round
 
 
 def save_history(history: History, path: Path) -> Path:

@@ -32,6 +32,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,6 +50,8 @@ from . import _reaper
 from ._reaper import alive as _alive
 from ._reaper import descendants as _descendants
 from .apps import load_history
+from .deploy import SERVER_FILE, check_deployable, device_file, write_data_files
+from .security import make_keys
 
 #: The example app folder of a source checkout.
 APP_DIR = Path(__file__).resolve().parents[2] / "examples" / "flower_app"
@@ -71,17 +74,29 @@ def run_processes(
     cfg: FedConfig,
     *,
     dataset: str = "digits",
+    mode: str = "lab",
+    secure: bool | None = None,
     app_dir: str | Path | None = None,
     model_out: str | Path | None = None,
     workdir: str | Path | None = None,
     timeout: float = 600.0,
+    round_timeout: float = 300.0,
+    node_configs: dict[int, str] | None = None,
 ) -> History:
     """Run one experiment as real processes (a SuperLink, ``cfg.num_devices``
     SuperNodes, ``flwr run``) on 127.0.0.1 and stop them all; returns its ``History``.
 
-    ``dataset`` is what every process loads: ``"digits"`` or ``"synthetic:A,B"``.
-    If ``model_out`` is set, the published model is saved there
-    (:func:`fedlearn_lab.load_model` reads it).
+    ``dataset`` is the data: ``"digits"`` or ``"synthetic:A,B"``. ``mode="lab"``:
+    every process loads it whole (the lab's shortcut). ``mode="deployment"``: it is
+    written as files (:func:`~fedlearn_lab.flower.deploy.write_data_files`) and the
+    server reads only ``server.npz`` (shared dataset, test set), each SuperNode only
+    its ``device-K.npz``. ``secure`` (default: in deployment mode) runs with TLS and
+    SuperNode authentication (:class:`FlowerProcesses`); the lab mode's default,
+    ``--insecure``, is for a run on this one machine only.
+    A device whose reply has not come within ``round_timeout`` seconds is lost
+    for that round. ``node_configs`` adds node config entries to device ``k``'s
+    SuperNode (``{1: 'fault="raise@2"'}``). If ``model_out`` is set, the published
+    model is saved there (:func:`fedlearn_lab.load_model` reads it).
     Logs and Flower's files go to ``workdir`` (default: a temporary folder, removed
     after a successful run). Raises ``TimeoutError`` after ``timeout`` seconds; a Flower
     start-up plus about 10 s per round (a fresh process per device and message).
@@ -93,18 +108,36 @@ def run_processes(
         raise ValueError(
             f"app_dir must be a Flower app folder with a pyproject.toml, got {app_dir}"
         )
-    if not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-    make_setup(cfg, load_dataset(dataset, cfg.seed))  # bad input fails before start-up
+    for name, value in (("timeout", timeout), ("round_timeout", round_timeout)):
+        if not value > 0:
+            raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+    if mode not in ("lab", "deployment"):
+        raise ValueError(f"mode must be 'lab' or 'deployment', got {mode!r}")
+    data = load_dataset(dataset, cfg.seed)
+    make_setup(cfg, data)  # bad input fails before start-up
+    if mode == "deployment":
+        check_deployable(cfg)
     own_dir = workdir is None
     work = Path(
         tempfile.mkdtemp(prefix="fedlearn-flower-") if own_dir else workdir
     ).resolve()
     work.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + timeout
-    with _signals_stop_the_run(), _Processes(work) as procs:
-        link = _start_federation(procs, cfg.num_devices, deadline)
-        history = _flwr_run(procs, cfg, dataset, app_dir, link, deadline, model_out)
+    secure = mode == "deployment" if secure is None else secure
+    run_config = {"mode": mode, "dataset": dataset, "round-timeout": round_timeout}
+    with _signals_stop_the_run(), FlowerProcesses(work, secure=secure) as flower:
+        flower.start_superlink(deadline)
+        nodes = {k: f"device-id={k}" for k in range(cfg.num_devices)}
+        if mode == "deployment":
+            folder = write_data_files(cfg, data, work / "data")
+            run_config["server-data"] = str(folder / SERVER_FILE)
+            for k in nodes:
+                nodes[k] += f' data-path="{folder / device_file(k)}"'
+        for k, extra in (node_configs or {}).items():
+            nodes[k] += f" {extra}"
+        for k, node_config in nodes.items():
+            flower.start_supernode(f"supernode{k}", node_config)
+        history = flower.run(cfg, app_dir, run_config, deadline, model_out)
     if own_dir:
         shutil.rmtree(work, ignore_errors=True)
     return history
@@ -162,109 +195,28 @@ def _signals_held() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
-def _start_federation(procs: _Processes, num_devices: int, deadline: float) -> int:
-    """Start a SuperLink and ``num_devices`` SuperNodes; returns the link's port."""
-    link, *node_ports = _free_ports(num_devices + 1)
-    flags = f"--insecure --host 127.0.0.1 --port {link}"
-    procs.start(
-        "superlink",
-        "flower-superlink",
-        *flags.split(),
-        "--disable-runtime-dependency-installation",
-    )
-    procs.wait_healthy("superlink", f"http://127.0.0.1:{link}/health", deadline)
-    for k, port in enumerate(node_ports):
-        flags = (
-            f"--insecure --superlink 127.0.0.1:{link} --host 127.0.0.1 --port {port} "
-            "--max-retries 20 --max-wait-time 60"
-        )
-        node = f"partition-id={k} num-partitions={num_devices}"
-        procs.start(
-            f"supernode{k}", "flower-supernode", *flags.split(), "--node-config", node
-        )
-    return link
+class FlowerProcesses:
+    """A SuperLink and SuperNodes as real processes on 127.0.0.1, and ``flwr run``;
+    leaving the ``with`` block stops every process they started (Flower's
+    SuperExec runs in its own session) and checks none is left. A reaper process
+    stops them too if this process dies first. Logs go to ``work``.
 
+    ``secure=True``: the SuperLink serves TLS with a certificate of a CA made for
+    this run, and admits only SuperNodes whose public key was registered with it
+    (``flwr supernode register``); keys and certificates are generated into
+    ``work/keys`` (:mod:`fedlearn_lab.flower.security`). ``secure=False`` runs
+    ``--insecure``: for a lab on this one machine only.
+    """
 
-def _flwr_run(
-    procs: _Processes,
-    cfg: FedConfig,
-    dataset: str,
-    app_dir: Path,
-    link: int,
-    deadline: float,
-    model_out: str | Path | None,
-) -> History:
-    """``flwr run --stream`` on connection ``lab``; returns the ServerApp's history."""
-    work = procs.work
-    cli_home = work / "cli"
-    cli_home.mkdir(exist_ok=True)
-    (cli_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\n'
-        f'address = "127.0.0.1:{link}"\ninsecure = true\n'
-    )
-    config_path, out = work / "config.json", work / "history.json"
-    config_path.write_text(json.dumps(cfg.to_dict()))
-    model_path = Path(model_out).resolve() if model_out is not None else ""
-    run_config = (
-        f'config-path="{config_path}" out-path="{out}" dataset="{dataset}" '
-        f'model-path="{model_path}"'
-    )
-    env = {**procs.env, "FLWR_HOME": str(cli_home)}
-    command = [
-        _bin("flwr"),
-        "run",
-        str(app_dir),
-        "lab",
-        "--stream",
-        "--run-config",
-        run_config,
-    ]
-    try:
-        run = subprocess.run(
-            command,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=max(1.0, deadline - time.monotonic()),
-        )
-    except subprocess.TimeoutExpired as err:
-        raise TimeoutError(
-            f"the Flower run did not finish in time; logs in {work}"
-        ) from err
-    (work / "flwr_run.log").write_text(run.stdout + run.stderr)
-    found = re.search(r"Successfully started run (\d+)", run.stdout)
-    if found is None:
-        raise RuntimeError(
-            f"flwr run could not start the run:\n{_tail(run.stdout + run.stderr)}"
-        )
-    # `--stream` ends with status 0 even when the ServerApp failed: ask the SuperLink.
-    listing = subprocess.run(
-        [_bin("flwr"), "ls", "lab", "--run-id", found.group(1), "--format", "json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    status = re.search(r'"status":\s*"([^"]+)"', listing.stdout)
-    if status is None or status.group(1) != "finished:completed" or not out.is_file():
-        what = status.group(1) if status else "unknown"
-        raise RuntimeError(
-            f"the Flower run ended with status {what}; logs in {work}:\n"
-            f"{_tail(run.stdout)}"
-        )
-    return load_history(out)
-
-
-class _Processes:
-    """Starts processes with their logs in ``work``; on exit, stops every process
-    they started (Flower's SuperExec runs in its own session); checks none is left.
-    A reaper process stops them too if this process dies first."""
-
-    def __init__(self, work: Path) -> None:
-        self.work = work
-        self.popens: list[subprocess.Popen] = []
-        self.marker = f"{_MARKER}={work}"
+    def __init__(self, work: Path, *, secure: bool = False) -> None:
+        self.work, self.secure = Path(work).resolve(), secure
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.popens: dict[str, subprocess.Popen] = {}
+        self.marker = f"{_MARKER}={self.work}"
         self.reaper: subprocess.Popen | None = None
+        self.keys = make_keys(self.work / "keys") if secure else None
+        self.link: int | None = None  # the SuperLink's Fleet API port
+        self.cli_home = self.work / "cli"
         package_root = str(Path(__file__).resolve().parents[2])  # this fedlearn_lab
         path = os.environ.get("PYTHONPATH")
         self.env = {
@@ -274,11 +226,11 @@ class _Processes:
             "PYTHONUNBUFFERED": "1",
             "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            _MARKER: str(work),  # self.marker
+            _MARKER: str(self.work),  # self.marker
         }
         self.env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-    def __enter__(self) -> _Processes:
+    def __enter__(self) -> FlowerProcesses:
         # Its stdin closes when this process closes it or dies; in a session of its
         # own, a Ctrl-C to this terminal's foreground group does not reach it.
         self.reaper = subprocess.Popen(
@@ -294,30 +246,181 @@ class _Processes:
         with _signals_held():
             self.stop()
 
-    def start(self, name: str, program: str, *args: str) -> None:
+    def start(self, name: str, program: str, *args: str) -> subprocess.Popen:
         """Start ``program`` with ``FLWR_HOME`` ``work/name`` and log ``name.log``."""
         home = self.work / name
         home.mkdir(exist_ok=True)
         with open(self.work / f"{name}.log", "w") as log:
-            self.popens.append(
-                subprocess.Popen(
-                    [_bin(program), *args],
-                    env={**self.env, "FLWR_HOME": str(home)},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            self.popens[name] = subprocess.Popen(
+                [_bin(program), *args],
+                env={**self.env, "FLWR_HOME": str(home)},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self.popens[name]
+
+    def start_superlink(self, deadline: float) -> int:
+        """Start the SuperLink and wait until it answers; returns its Fleet port.
+        Secure: TLS with this run's server certificate, SuperNode authentication
+        on."""
+        self.link = _free_ports(1)[0]
+        security = ["--insecure"]
+        if self.keys is not None:
+            security = [
+                "--ssl-ca-certfile", str(self.keys.ca),
+                "--ssl-certfile", str(self.keys.server_cert),
+                "--ssl-keyfile", str(self.keys.server_key),
+                "--enable-supernode-auth",
+            ]  # fmt: skip
+        self.start(
+            "superlink",
+            "flower-superlink",
+            *security,
+            "--host", "127.0.0.1",
+            "--port", str(self.link),
+            "--disable-runtime-dependency-installation",
+        )  # fmt: skip
+        self._write_cli_config()
+        self.wait_healthy("superlink", deadline)
+        return self.link
+
+    def start_supernode(
+        self, name: str, node_config: str, *, key: str = "registered", ca: bool = True
+    ) -> subprocess.Popen:
+        """Start a SuperNode with ``node_config`` (``"device-id=0"``). Secure runs
+        only: ``key="registered"`` gives it a key registered with the SuperLink (a
+        member), ``"unknown"`` one that is not (a stranger); ``ca=False`` leaves out
+        the CA's certificate, so it cannot trust the SuperLink."""
+        if self.link is None:
+            raise RuntimeError("start the SuperLink first")
+        flags = ["--insecure"]
+        if self.keys is not None:
+            private, public = self.keys.node(name)
+            if key == "registered":
+                self._register(public)
+            flags = ["--auth-supernode-private-key", str(private)]
+            if ca:
+                flags += ["--root-certificates", str(self.keys.ca)]
+        return self.start(
+            name,
+            "flower-supernode",
+            *flags,
+            "--superlink", f"127.0.0.1:{self.link}",
+            "--host", "127.0.0.1",
+            "--port", str(_free_ports(1)[0]),
+            "--max-retries", "20",
+            "--max-wait-time", "60",
+            "--node-config", node_config,
+        )  # fmt: skip
+
+    def kill(self, name: str) -> None:
+        """SIGKILL the process ``name`` and those it started (a device dies)."""
+        popen = self.popens[name]
+        for pid in {popen.pid} | _descendants([popen.pid]):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        popen.wait(timeout=30)
+
+    def run(
+        self,
+        cfg: FedConfig,
+        app_dir: Path,
+        run_config: dict[str, object],
+        deadline: float,
+        model_out: str | Path | None = None,
+    ) -> History:
+        """``flwr run --stream`` of ``app_dir`` with ``cfg`` and ``run_config``;
+        returns the ServerApp's history (also in ``work/history.json``, rewritten
+        after each round)."""
+        work = self.work
+        config_path, out = work / "config.json", work / "history.json"
+        config_path.write_text(json.dumps(cfg.to_dict()))
+        model_path = Path(model_out).resolve() if model_out is not None else ""
+        run_config = {
+            **run_config,
+            "config-path": str(config_path),
+            "out-path": str(out),
+            "model-path": str(model_path),
+        }
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        command = [_bin("flwr"), "run", str(app_dir), "lab", "--stream"]
+        try:
+            run = self._flwr(
+                *command[1:],
+                "--run-config",
+                overrides,
+                timeout=max(1.0, deadline - time.monotonic()),
+            )
+        except subprocess.TimeoutExpired as err:
+            raise TimeoutError(
+                f"the Flower run did not finish in time; logs in {work}"
+            ) from err
+        (work / "flwr_run.log").write_text(run.stdout + run.stderr)
+        found = re.search(r"Successfully started run (\d+)", run.stdout)
+        if found is None:
+            raise RuntimeError(
+                f"flwr run could not start the run:\n{_tail(run.stdout + run.stderr)}"
+            )
+        # `--stream` ends with status 0 even when the ServerApp failed: ask the link.
+        listing = self._flwr(
+            "ls", "lab", "--run-id", found.group(1), "--format", "json", timeout=60
+        )
+        status = re.search(r'"status":\s*"([^"]+)"', listing.stdout)
+        if (
+            status is None
+            or status.group(1) != "finished:completed"
+            or not out.is_file()
+        ):
+            what = status.group(1) if status else "unknown"
+            raise RuntimeError(
+                f"the Flower run ended with status {what}; logs in {work}:\n"
+                f"{_tail(run.stdout)}"
+            )
+        return load_history(out)
+
+    def _flwr(self, *args: str, timeout: float) -> subprocess.CompletedProcess:
+        """The ``flwr`` CLI, connected to this SuperLink as ``lab``."""
+        return subprocess.run(
+            [_bin("flwr"), *args],
+            env={**self.env, "FLWR_HOME": str(self.cli_home)},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def _write_cli_config(self) -> None:
+        """The ``flwr`` CLI's connection ``lab`` to this SuperLink."""
+        self.cli_home.mkdir(exist_ok=True)
+        security = "insecure = true"
+        if self.keys is not None:
+            security = f'root-certificates = "{self.keys.ca}"'
+        (self.cli_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "lab"\n\n[superlink.lab]\n'
+            f'address = "127.0.0.1:{self.link}"\n{security}\n'
+        )
+
+    def _register(self, public_key: Path) -> None:
+        """Register a SuperNode's public key with the SuperLink (a member)."""
+        done = self._flwr("supernode", "register", str(public_key), "lab", timeout=60)
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"flwr supernode register failed:\n{_tail(done.stdout + done.stderr)}"
             )
 
-    def wait_healthy(self, name: str, url: str, deadline: float) -> None:
-        """Wait until ``url`` answers 200 (the process ``name`` was started last)."""
+    def wait_healthy(self, name: str, deadline: float) -> None:
+        """Wait until the SuperLink's ``/health`` answers 200 (while ``name`` runs)."""
+        scheme, context = "http", None
+        if self.keys is not None:  # over TLS, trusting this run's CA only
+            scheme, context = "https", ssl.create_default_context(cafile=self.keys.ca)
+        url = f"{scheme}://127.0.0.1:{self.link}/health"
         while time.monotonic() < deadline:
-            if self.popens[-1].poll() is not None:
+            if self.popens[name].poll() is not None:
                 log = (self.work / f"{name}.log").read_text()
                 raise RuntimeError(f"{name} exited at start:\n{_tail(log)}")
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:
-                    if response.status == 200:
+                with urllib.request.urlopen(url, timeout=1, context=context) as answer:
+                    if answer.status == 200:
                         return
             except OSError:
                 time.sleep(0.2)
@@ -326,11 +429,11 @@ class _Processes:
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every started process and its descendants, SIGKILL what remains;
         then let the reaper go."""
-        roots = [p.pid for p in self.popens]
+        roots = [p.pid for p in self.popens.values()]
         started = set(roots) | _descendants(roots)
 
         def find() -> set[int]:
-            for p in self.popens:
+            for p in self.popens.values():
                 p.poll()  # collect the exit status of those that ended
             return {pid for pid in started if _alive(pid)} | _reaper.marked_processes(
                 self.marker

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context
+from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from ..config import FedConfig
@@ -17,6 +18,7 @@ from ..data import Dataset, load_digits
 from ..history import History
 from ..state import make_setup
 from .apps import OnRound, client_app, find_devices, serve
+from .deploy import server_data_of, server_setup
 
 
 def run_simulation(
@@ -25,6 +27,8 @@ def run_simulation(
     on_round: OnRound | None = None,
     *,
     model_out: str | Path | None = None,
+    mode: str = "lab",
+    devices: ClientApp | None = None,
     backend_config: dict[str, Any] | None = None,
     verbose: bool = False,
 ) -> History:
@@ -41,6 +45,8 @@ def run_simulation(
         data,
         on_round,
         model_outs=[model_out],
+        mode=mode,
+        devices=devices,
         backend_config=backend_config,
         verbose=verbose,
     )[0]
@@ -52,6 +58,8 @@ def run_simulations(
     on_round: OnRound | None = None,
     *,
     model_outs: Sequence[str | Path | None] | None = None,
+    mode: str = "lab",
+    devices: ClientApp | None = None,
     backend_config: dict[str, Any] | None = None,
     verbose: bool = False,
 ) -> list[History]:
@@ -61,6 +69,11 @@ def run_simulations(
     ``num_devices=n`` uses those with partition ids ``0..n-1``. ``data`` defaults to
     :func:`fedlearn_lab.load_digits`. ``backend_config`` overrides Flower's Ray
     settings (e.g. ``{"init_args": {"_temp_dir": "/tmp/ray-x"}}``).
+
+    ``mode="deployment"`` runs the deployment mode (:mod:`fedlearn_lab.flower.deploy`):
+    the server holds only the shared dataset and the test set of ``data``, and each
+    device only its partition. ``devices`` replaces fedlearn_lab's ClientApp by any
+    that keeps the message contract (:mod:`fedlearn_lab.flower.contract`).
     """
     cfgs = list(cfgs)
     if not cfgs or not all(isinstance(c, FedConfig) for c in cfgs):
@@ -71,7 +84,11 @@ def run_simulations(
             f"model_outs must hold one path or None per config, got {len(outs)}"
         )
     data = load_digits() if data is None else data
+    if mode not in ("lab", "deployment"):
+        raise ValueError(f"mode must be 'lab' or 'deployment', got {mode!r}")
     setups = [make_setup(cfg, data) for cfg in cfgs]  # bad input fails before Ray
+    if mode == "deployment":  # the server keeps only its shared dataset and test set
+        setups = [server_setup(s.cfg, server_data_of(s)) for s in setups]
     from flwr.simulation import run_simulation as simulate  # imports Ray: when used
 
     num_nodes = max(c.num_devices for c in cfgs)
@@ -90,7 +107,7 @@ def run_simulations(
     with _flower_logs(verbose), _restored_env("PYTHONPATH"):
         simulate(
             server_app=app,
-            client_app=client_app(data),
+            client_app=devices if devices is not None else client_app(data),
             num_supernodes=num_nodes,
             backend_config=_backend_config(backend_config or {}),
         )
