@@ -8,6 +8,7 @@ when the test ends, passed or failed.
 
 import ast
 import importlib.util
+import ipaddress
 import itertools
 import json
 import os
@@ -180,6 +181,7 @@ def test_run_keys_a_ca_a_loopback_certificate_and_p384_node_keys(tmp_path):
     from cryptography import x509
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+    from cryptography.x509.verification import PolicyBuilder, Store
 
     from fedlearn_lab.flower.security import make_keys
 
@@ -187,6 +189,11 @@ def test_run_keys_a_ca_a_loopback_certificate_and_p384_node_keys(tmp_path):
     ca = x509.load_pem_x509_certificate(keys.ca.read_bytes())
     server = x509.load_pem_x509_certificate(keys.server_cert.read_bytes())
     server.verify_directly_issued_by(ca)  # raises if the CA did not sign it
+    # The strict checks of RFC 5280 (key usages, key identifiers, the IP named):
+    loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
+    PolicyBuilder().store(Store([ca])).build_server_verifier(loopback).verify(
+        server, []
+    )
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert "127.0.0.1" in {
         str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)

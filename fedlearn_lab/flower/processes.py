@@ -413,6 +413,7 @@ class FlowerProcesses:
         scheme, context = "http", None
         if self.keys is not None:  # over TLS, trusting this run's CA only
             scheme, context = "https", ssl.create_default_context(cafile=self.keys.ca)
+            context.verify_flags |= ssl.VERIFY_X509_STRICT  # Python 3.13's default
         url = f"{scheme}://127.0.0.1:{self.link}/health"
         while time.monotonic() < deadline:
             if self.popens[name].poll() is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 _DAYS = 7  # certificates of a run on this machine need not last
 
@@ -71,12 +71,20 @@ def make_keys(folder: str | Path) -> Keys:
     keys.folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP384R1())
     ca_name = _name("fedlearn_lab run CA")
+    # The extensions a strict verifier wants (OpenSSL's -x509_strict, Python 3.13's
+    # default): key usages, and the key identifiers that chain the two.
     ca = (
         _builder(ca_name, ca_name, ca_key.public_key())
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_usage(cert_sign=True), critical=True)
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA384())
     )
     server_key = ec.generate_private_key(ec.SECP384R1())
+    # The SuperLink's own SuperExec connects to 127.0.0.1: the IP must be named.
     names = [
         x509.DNSName("localhost"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
@@ -85,6 +93,14 @@ def make_keys(folder: str | Path) -> Keys:
         _builder(_name("127.0.0.1"), ca_name, server_key.public_key())
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+            critical=False,
+        )
         .sign(ca_key, hashes.SHA384())
     )
     keys.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
@@ -92,6 +108,21 @@ def make_keys(folder: str | Path) -> Keys:
     _write_private(keys.folder / "ca.key", ca_key, serialization.PrivateFormat.PKCS8)
     _write_private(keys.server_key, server_key, serialization.PrivateFormat.PKCS8)
     return keys
+
+
+def _usage(*, cert_sign: bool) -> x509.KeyUsage:
+    """A CA signs certificates; a server signs its TLS handshakes."""
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _name(common_name: str) -> x509.Name:
