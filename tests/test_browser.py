@@ -344,10 +344,13 @@ def stop_mid_run(page, shot: str) -> None:
 
 def check_in_view(page) -> None:
     """The panel's top and its curves are on screen (not scrolled past)."""
-    page.wait_for_function(
-        f"() => {{ const v = ({IN_VIEW})(); return v.panel >= -5 && v.panel < 200; }}"
-    )
-    view = page.evaluate(IN_VIEW)
+    try:
+        in_view = "v.panel >= -5 && v.panel < 200"
+        page.wait_for_function(f"() => {{ const v = ({IN_VIEW})(); return {in_view} }}")
+    finally:
+        view = page.evaluate(IN_VIEW)
+        page.screenshot(path=str(ARTIFACTS / "in-view-last.png"))
+        (ARTIFACTS / "in-view-last.json").write_text(json.dumps(view))
     assert view["curves"] <= view["height"] + 5, view
 
 
