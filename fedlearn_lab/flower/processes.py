@@ -1,18 +1,22 @@
 """Real processes on this machine: a SuperLink and one SuperNode per device, started
 with Flower's own CLI on 127.0.0.1, and the app run with ``flwr run``.
 
-What :func:`run_processes` does, by hand (``P`` the SuperLink's port; each SuperNode
-needs a port of its own):
+What :func:`run_processes` does, by hand, in the lab mode (``P`` the SuperLink's
+port; each SuperNode needs a port of its own):
 
     flower-superlink --insecure --host 127.0.0.1 --port P \\
         --disable-runtime-dependency-installation
     flower-supernode --insecure --superlink 127.0.0.1:P --host 127.0.0.1 --port P0 \\
-        --node-config "partition-id=0 num-partitions=3"        # ... one per device
+        --node-config "device-id=0"                            # ... one per device
     flwr run examples/flower_app lab --stream --run-config "num-devices=3 rounds=3"
 
 with a connection ``lab`` in ``$FLWR_HOME/config.toml`` (``[superlink.lab]``,
 ``address = "127.0.0.1:P"``, ``insecure = true``). Flower's default connection
-(``local``) would start a SuperLink of its own that outlives the run.
+(``local``) would start a SuperLink of its own that outlives the run. A secure run
+(the deployment mode's default, :class:`FlowerProcesses`) replaces ``--insecure`` by
+the SuperLink's TLS files and ``--enable-supernode-auth``, registers each SuperNode's
+public key (``flwr supernode register``) and gives the SuperNodes the CA and their
+private keys; the README has the commands.
 
 No process of a run outlives :func:`run_processes`. Every process it starts, and
 every process those start (Flower's SuperExec and apps run in sessions of their own,
