@@ -228,17 +228,22 @@ def make_setup(cfg: FedConfig, data: Dataset) -> Setup:
     parts = partition_devices(
         labels[rest], cfg, numpy_rng(cfg.seed, "partition"), natural
     )
-    model = make_model(
+    return Setup(
+        cfg=cfg,
+        data=data,
+        model=initial_model(cfg, data),
+        device_indices=[torch.from_numpy(rest[p]) for p in parts],
+        shared_indices=torch.from_numpy(shared),
+    )
+
+
+def initial_model(cfg: FedConfig, data: Dataset) -> nn.Module:
+    """``cfg``'s model for ``data``'s samples and classes, with the initial weights
+    of the seed (the same wherever it is built: in-process, a Flower server)."""
+    return make_model(
         cfg.model,
         data.input_shape,
         data.num_classes,
         torch_generator(cfg.seed, "init"),
         hidden=cfg.hidden,
-    )
-    return Setup(
-        cfg=cfg,
-        data=data,
-        model=model,
-        device_indices=[torch.from_numpy(rest[p]) for p in parts],
-        shared_indices=torch.from_numpy(shared),
     )

@@ -57,6 +57,7 @@ from .contract import (
 )
 from .deploy import (
     ServerSetup,
+    check_mode,
     device_data,
     load_server_data,
     server_data_of,
@@ -454,8 +455,7 @@ def server_app() -> ServerApp:
 def run_setup(cfg: FedConfig, run: dict[str, Any]) -> tuple[Setup, str]:
     """The server's setup for a run config, and the name of its dataset."""
     mode, dataset = str(run.get("mode", "lab")), str(run.get("dataset", "digits"))
-    if mode not in ("lab", "deployment"):
-        raise ValueError(f"mode must be 'lab' or 'deployment', got {mode!r}")
+    check_mode(mode)
     if mode == "lab":
         return make_setup(cfg, load_dataset(dataset, cfg.seed)), dataset
     if run.get("server-data"):

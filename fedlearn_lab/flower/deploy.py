@@ -28,11 +28,10 @@ from torch import nn
 
 from ..config import FedConfig
 from ..data import Dataset
-from ..feddu import label_distribution, label_divergence
 from ..models import make_model
 from ..reference import batch_orders, minibatches, sgd
 from ..seeding import torch_generator
-from ..state import Setup, make_setup
+from ..state import Setup, initial_model, make_setup
 from ..weights import Weights
 from .contract import Report
 
@@ -42,6 +41,15 @@ SERVER_FILE = "server.npz"
 def device_file(device_id: int) -> str:
     """The file name of device ``device_id``'s data in a folder of data files."""
     return f"device-{device_id}.npz"
+
+
+MODES = ("lab", "deployment")
+
+
+def check_mode(mode: str) -> None:
+    """Raise ``ValueError`` unless ``mode`` is one of :data:`MODES`."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'lab' or 'deployment', got {mode!r}")
 
 
 #: FedConfig settings that only a lab can simulate, and why (deployment refuses them).
@@ -108,28 +116,20 @@ class ServerSetup(Setup):
     @property
     def shared_label_divergence(self) -> float | None:  # type: ignore[override]
         """D(P0), once devices have reported label counts (None before)."""
-        labels = self.shared_data[1].numpy()
-        if len(labels) == 0 or self.label_counts.sum() == 0:
+        if self.label_counts.sum() == 0:
             return None
-        own = label_distribution(labels, self.data.num_classes)
-        return label_divergence(own, self.label_prior)
+        # Setup's own computation, recomputed each time: reports change the prior.
+        return Setup.shared_label_divergence.func(self)
 
 
 def server_setup(cfg: FedConfig, server_data: Dataset) -> ServerSetup:
     """The deployed server's setup: ``server_data``'s training set is the shared
     dataset, its test set the test set; the model is initialised as the lab's."""
     check_deployable(cfg)
-    model = make_model(
-        cfg.model,
-        server_data.input_shape,
-        server_data.num_classes,
-        torch_generator(cfg.seed, "init"),
-        hidden=cfg.hidden,
-    )
     return ServerSetup(
         cfg=cfg,
         data=server_data,
-        model=model,
+        model=initial_model(cfg, server_data),
         device_indices=[],
         shared_indices=torch.arange(len(server_data.y_train)),
     )
@@ -148,7 +148,12 @@ def write_data_files(cfg: FedConfig, data: Dataset, folder: str | Path) -> Path:
     """Write ``server.npz`` and one ``device-K.npz`` per device into ``folder``, split
     as the lab mode splits ``data`` for ``cfg``; returns the folder. Refuses a folder
     that already holds any of these files (nothing is overwritten)."""
-    setup = make_setup(cfg, data)
+    return write_setup(make_setup(cfg, data), folder)
+
+
+def write_setup(setup: Setup, folder: str | Path) -> Path:
+    """:func:`write_data_files` for a setup already made."""
+    data, cfg = setup.data, setup.cfg
     folder = Path(folder)
     names = [SERVER_FILE] + [device_file(k) for k in range(cfg.num_devices)]
     if taken := [n for n in names if (folder / n).exists()]:

@@ -54,7 +54,13 @@ from . import _reaper
 from ._reaper import alive as _alive
 from ._reaper import descendants as _descendants
 from .apps import load_history
-from .deploy import SERVER_FILE, check_deployable, device_file, write_data_files
+from .deploy import (
+    SERVER_FILE,
+    check_deployable,
+    check_mode,
+    device_file,
+    write_setup,
+)
 from .security import make_keys
 
 #: The example app folder of a source checkout.
@@ -115,10 +121,8 @@ def run_processes(
     for name, value in (("timeout", timeout), ("round_timeout", round_timeout)):
         if not value > 0:
             raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
-    if mode not in ("lab", "deployment"):
-        raise ValueError(f"mode must be 'lab' or 'deployment', got {mode!r}")
-    data = load_dataset(dataset, cfg.seed)
-    make_setup(cfg, data)  # bad input fails before start-up
+    check_mode(mode)
+    setup = make_setup(cfg, load_dataset(dataset, cfg.seed))  # bad input fails here
     if mode == "deployment":
         check_deployable(cfg)
     own_dir = workdir is None
@@ -133,7 +137,7 @@ def run_processes(
         flower.start_superlink(deadline)
         nodes = {k: f"device-id={k}" for k in range(cfg.num_devices)}
         if mode == "deployment":
-            folder = write_data_files(cfg, data, work / "data")
+            folder = write_setup(setup, work / "data")
             run_config["server-data"] = str(folder / SERVER_FILE)
             for k in nodes:
                 nodes[k] += f' data-path="{folder / device_file(k)}"'
@@ -213,7 +217,7 @@ class FlowerProcesses:
     """
 
     def __init__(self, work: Path, *, secure: bool = False) -> None:
-        self.work, self.secure = Path(work).resolve(), secure
+        self.work = Path(work).resolve()
         self.work.mkdir(parents=True, exist_ok=True)
         self.popens: dict[str, subprocess.Popen] = {}
         self.marker = f"{_MARKER}={self.work}"

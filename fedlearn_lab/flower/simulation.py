@@ -18,7 +18,7 @@ from ..data import Dataset, load_digits
 from ..history import History
 from ..state import make_setup
 from .apps import OnRound, client_app, find_devices, serve
-from .deploy import server_data_of, server_setup
+from .deploy import check_mode, server_data_of, server_setup
 
 
 def run_simulation(
@@ -84,8 +84,7 @@ def run_simulations(
             f"model_outs must hold one path or None per config, got {len(outs)}"
         )
     data = load_digits() if data is None else data
-    if mode not in ("lab", "deployment"):
-        raise ValueError(f"mode must be 'lab' or 'deployment', got {mode!r}")
+    check_mode(mode)
     setups = [make_setup(cfg, data) for cfg in cfgs]  # bad input fails before Ray
     if mode == "deployment":  # the server keeps only its shared dataset and test set
         setups = [server_setup(s.cfg, server_data_of(s)) for s in setups]
