@@ -416,8 +416,8 @@ class Playground(w.VBox):
         self.status = w.Label("")
         self.error = w.HTML()
         self.run_list = w.HTML()
+        self._css = w.HTML(_CSS)
         self.curves = _canvas(self._lock, layout="constrained")
-        self.curves.on_view = self._bring_into_view
         self.heatmap = _canvas(self._lock)  # axes placed by _strip_axes
         self.devices = _canvas(self._lock)
         self._curves_ax = self.curves.figure.add_subplot()
@@ -435,6 +435,9 @@ class Playground(w.VBox):
             canvas.add_class("fedlearn-figure")
         super().__init__(self._layout())
         self.add_class("fedlearn-playground")
+        for part in self._placing():  # the browser counts each part's views in the page
+            part._view_count = 0
+            part.observe(self._bring_into_view, "_view_count")
         self._draw_curves()
         self._show_runs()
         self._on_change()
@@ -571,7 +574,7 @@ class Playground(w.VBox):
                 )
             )
         return [
-            w.HTML(_CSS),
+            self._css,
             bar,
             self.status,
             self.error,
@@ -599,13 +602,23 @@ class Playground(w.VBox):
         for widget in (self.pin_button, self.compare, self.large):
             widget.send_state("_view_count")
 
+    def _placing(self) -> list[w.DOMWidget]:
+        """The parts that place the panel on the page: its CSS, the Run button and
+        the three figures (their script loads last)."""
+        return [self._css, self.run_button, self.curves, self.heatmap, self.devices]
+
     @_serial
-    def _bring_into_view(self) -> None:
+    def _bring_into_view(self, change: Any = None) -> None:
         """Scroll the panel into view the first time a browser shows it (after Run
         All, JupyterLab has scrolled to its cell before the panel appeared below):
         focusing the Run button scrolls the page so that it, and the room its CSS
-        scroll margin asks for below it, are visible."""
-        if not self._shown:
+        scroll margin asks for below it, are visible.
+
+        Only once every part that places the panel is in the page: focus sent
+        sooner is lost (no Run button yet) or scrolls a page still too short to
+        bring the panel up (no figures yet), and the panel stays below the fold.
+        """
+        if not self._shown and all(part._view_count for part in self._placing()):
             self._shown = True
             self.run_button.focus()
 
@@ -1115,14 +1128,10 @@ class _Canvas(Canvas):
             self._force_full = True
             super().draw()
 
-    on_view: Callable[[], None] | None = None  # called when a browser view is ready
-
     def _handle_message(self, object: Any, content: dict, buffers: list) -> None:
         # draw, refresh and resize requests from the browser read or change the figure
         with self._lock:
             super()._handle_message(object, content, buffers)
-        if content.get("type") == "initialized" and self.on_view is not None:
-            self.on_view()
 
     def push(self) -> None:
         """Send the current picture now if a browser shows the canvas (else there is

@@ -526,11 +526,17 @@ def test_the_current_run_is_drawn_on_top(pg):
     assert solid[-1].get_color() == pg.runs[0].color  # the run, over its twin
 
 
-def test_first_view_brings_the_panel_into_view_once(pg, monkeypatch):
+def test_first_view_brings_the_panel_into_view_once_it_is_placed(pg, monkeypatch):
     focused = []
     monkeypatch.setattr(pg.run_button, "focus", lambda: focused.append(1))
-    for _ in range(2):  # the browser's canvas view says it is ready
-        pg.curves._handle_message(pg.curves, {"type": "initialized"}, [])
+    parts = pg._placing()
+    assert pg.curves in parts and pg.run_button in parts
+    for part in parts[:-1]:  # the browser says each view is in the page...
+        part._view_count = 1
+    assert focused == []  # ...but one figure is not yet: the page is too short
+    parts[-1]._view_count = 1
+    assert focused == [1]
+    pg.curves._view_count = 2  # another view (a second output of the panel)
     assert focused == [1]
 
 
