@@ -129,8 +129,9 @@ def client_app(data: Dataset | None = None) -> ClientApp:
         if CORRECTION in msg.content:
             correction = dict(msg.content[CORRECTION].to_torch_state_dict())
         metrics = {}
+        source = data if data is not None else name
         if str(config["mode"]) == "deployment":
-            own = _own_data(context, cfg, key or name, data, device)
+            own = _own_data(context, cfg, key or name, source, device)
             new, loss = train_own(
                 cfg,
                 weights,
@@ -146,7 +147,7 @@ def client_app(data: Dataset | None = None) -> ClientApp:
                 metrics["label-counts"] = counts
             num_examples = len(own[1])
         else:
-            setup = _setup(cfg, key or name, data if data is not None else name)
+            setup = _setup(cfg, key or name, source)
             # The device derives the round's plan from the seed, as the server
             # does: whether it is malicious (then it attacks), and its minibatches.
             plan = plan_round(setup, int(config["round-idx"]))
@@ -160,13 +161,13 @@ def client_app(data: Dataset | None = None) -> ClientApp:
 
 
 def _own_data(
-    context: Context, cfg: FedConfig, key: str, data: Dataset | None, device: int
+    context: Context, cfg: FedConfig, key: str, data: Dataset | str, device: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A deployed device's data: the file its node config names (``data-path``),
-    or else its partition of the dataset."""
+    or else its partition of ``data`` (a dataset or its name)."""
     if path := str(context.node_config.get("data-path", "")):
         return device_data(path)
-    setup = _setup(cfg, key, data if data is not None else key)
+    setup = _setup(cfg, key, data)
     idx = setup.device_indices[device]
     return setup.data.x_train[idx], setup.data.y_train[idx]
 

@@ -272,7 +272,7 @@ class FlowerProcesses:
         """Start the SuperLink and wait until it answers; returns its Fleet port.
         Secure: TLS with this run's server certificate, SuperNode authentication
         on."""
-        self.link = _free_ports(1)[0]
+        self.link = _free_port()
         security = ["--insecure"]
         if self.keys is not None:
             security = [
@@ -316,7 +316,7 @@ class FlowerProcesses:
             *flags,
             "--superlink", f"127.0.0.1:{self.link}",
             "--host", "127.0.0.1",
-            "--port", str(_free_ports(1)[0]),
+            "--port", str(_free_port()),
             "--max-retries", "20",
             "--max-wait-time", "60",
             "--node-config", node_config,
@@ -352,10 +352,12 @@ class FlowerProcesses:
             "model-path": str(model_path),
         }
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
-        command = [_bin("flwr"), "run", str(app_dir), "lab", "--stream"]
         try:
             run = self._flwr(
-                *command[1:],
+                "run",
+                str(app_dir),
+                "lab",
+                "--stream",
                 "--run-config",
                 overrides,
                 timeout=max(1.0, deadline - time.monotonic()),
@@ -474,15 +476,10 @@ def marked_processes(work: str) -> set[int]:
     return _reaper.marked_processes(f"{_MARKER}={work}")
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _bin(program: str) -> str:
