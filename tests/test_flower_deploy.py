@@ -209,6 +209,15 @@ def test_run_keys_a_ca_a_loopback_certificate_and_p384_node_keys(tmp_path):
         make_keys(keys.folder)
 
 
+def test_a_run_never_hands_out_a_port_twice(tmp_path, monkeypatch):
+    from fedlearn_lab.flower import processes
+
+    offered = iter([5001, 5002, 5001, 5002, 5003])  # the system may offer one again
+    monkeypatch.setattr(processes, "_free_port", lambda: next(offered))
+    flower = processes.FlowerProcesses(tmp_path)
+    assert [flower._new_port() for _ in range(3)] == [5001, 5002, 5003]
+
+
 # --- a stranger's ClientApp ----------------------------------------------------------
 
 

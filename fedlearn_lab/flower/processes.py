@@ -224,6 +224,7 @@ class FlowerProcesses:
         self.reaper: subprocess.Popen | None = None
         self.keys = make_keys(self.work / "keys") if secure else None
         self.link: int | None = None  # the SuperLink's Fleet API port
+        self.ports: set[int] = set()  # every port handed to a process of this run
         self.cli_home = self.work / "cli"
         package_root = str(Path(__file__).resolve().parents[2])  # this fedlearn_lab
         path = os.environ.get("PYTHONPATH")
@@ -272,7 +273,7 @@ class FlowerProcesses:
         """Start the SuperLink and wait until it answers; returns its Fleet port.
         Secure: TLS with this run's server certificate, SuperNode authentication
         on."""
-        self.link = _free_port()
+        self.link = self._new_port()
         security = ["--insecure"]
         if self.keys is not None:
             security = [
@@ -316,11 +317,20 @@ class FlowerProcesses:
             *flags,
             "--superlink", f"127.0.0.1:{self.link}",
             "--host", "127.0.0.1",
-            "--port", str(_free_port()),
+            "--port", str(self._new_port()),
             "--max-retries", "20",
             "--max-wait-time", "60",
             "--node-config", node_config,
         )  # fmt: skip
+
+    def _new_port(self) -> int:
+        """A free port on 127.0.0.1 not yet handed out in this run: a process
+        started a moment ago may not have bound its own yet, and the system could
+        offer it again."""
+        while (port := _free_port()) in self.ports:
+            pass
+        self.ports.add(port)
+        return port
 
     def kill(self, name: str) -> None:
         """SIGKILL the process ``name`` and those it started (a device dies)."""
